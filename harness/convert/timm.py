@@ -1,0 +1,172 @@
+"""timm VisionTransformer -> reference ViT: read the config off the model, map the state_dict.
+
+The mapping is strict: every source tensor is used exactly once, every shape is checked, and a
+timm feature the reference does not implement is refused with an error that names it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..reference.vit import ViT, ViTConfig
+
+
+class UnsupportedModelError(ValueError):
+    """The source model uses a feature the reference implementation does not have."""
+
+
+class ConversionError(ValueError):
+    """A checkpoint's keys or shapes do not match the reference model."""
+
+
+def _layernorm_eps(module: nn.Module, where: str, problems: list[str]) -> float | None:
+    if isinstance(module, nn.Identity):
+        return None
+    if type(module).__name__ != "LayerNorm" or not isinstance(module, nn.LayerNorm):
+        problems.append(f"{where} is {type(module).__name__}, the reference has LayerNorm only")
+        return None
+    if not module.elementwise_affine or module.bias is None:
+        problems.append(f"{where} is a LayerNorm without affine weight and bias")
+    return module.eps
+
+
+def _activation(module: nn.Module) -> str | None:
+    name = type(module).__name__
+    if name == "GELU" and getattr(module, "approximate", "none") == "none":
+        return "gelu"
+    if name == "QuickGELU":
+        return "quick_gelu"
+    return None
+
+
+def config_from_timm(model: nn.Module) -> ViTConfig:
+    """The ViTConfig equal to a timm VisionTransformer, or UnsupportedModelError naming every feature it lacks."""
+    cls = type(model).__name__
+    if cls != "VisionTransformer":
+        hint = {"Eva": " (RoPE, SwiGLU)", "VisionTransformerDistilled": " (distillation token)"}.get(cls, "")
+        raise UnsupportedModelError(f"timm {cls}{hint} is not supported: the reference implements VisionTransformer only")
+
+    problems: list[str] = []
+    if model.num_reg_tokens:
+        problems.append(f"register tokens ({model.num_reg_tokens})")
+    if model.no_embed_class:
+        problems.append("position embedding without the class token (no_embed_class=True)")
+    if model.dynamic_img_size:
+        problems.append("dynamic image size (dynamic_img_size=True)")
+    if model.pos_embed is None:
+        problems.append("no position embedding (pos_embed='none')")
+    if model.attn_pool is not None or model.global_pool not in ("token", "avg"):
+        problems.append(f"global_pool={model.global_pool!r} (the reference has 'token' and 'avg')")
+    if getattr(model, "pool_include_prefix", False):
+        problems.append("pooling that includes prefix tokens (pool_include_prefix=True)")
+    pe = model.patch_embed
+    if type(pe).__name__ != "PatchEmbed" or not isinstance(pe.norm, nn.Identity):
+        problems.append("a patch embedding other than a plain linear projection (embed_layer / embed_norm_layer)")
+    if getattr(pe, "dynamic_img_pad", False):
+        problems.append("dynamic image padding (dynamic_img_pad=True)")
+    if not getattr(pe, "flatten", True):
+        problems.append("patch embedding without flatten")
+    if pe.patch_size[0] != pe.patch_size[1] or pe.img_size[0] != pe.img_size[1]:
+        problems.append(f"non-square patches or images ({pe.patch_size}, {pe.img_size})")
+
+    eps = {_layernorm_eps(model.norm_pre, "norm_pre", problems), _layernorm_eps(model.norm, "norm", problems),
+           _layernorm_eps(model.fc_norm, "fc_norm", problems)}
+    acts, qkv_bias = set(), set()
+    for i, blk in enumerate(model.blocks):
+        where = f"blocks.{i}"
+        if type(blk).__name__ != "Block":
+            problems.append(f"{where} is {type(blk).__name__} (the reference has the pre-norm Block)")
+            continue
+        eps |= {_layernorm_eps(blk.norm1, f"{where}.norm1", problems),
+                _layernorm_eps(blk.norm2, f"{where}.norm2", problems)}
+        if not (isinstance(blk.ls1, nn.Identity) and isinstance(blk.ls2, nn.Identity)):
+            problems.append("LayerScale (init_values)")
+        attn, mlp = blk.attn, blk.mlp
+        if type(attn).__name__ != "Attention":
+            problems.append(f"{where}.attn is {type(attn).__name__} (RoPE, differential or other attention)")
+            continue
+        if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
+            problems.append("QK normalisation (qk_norm=True)")
+        if not isinstance(attn.norm, nn.Identity):
+            problems.append("attention output norm (scale_attn_norm=True)")
+        if getattr(attn, "gate", None) is not None:
+            problems.append("gated attention (gated=True)")
+        if attn.attn_dim != attn.qkv.in_features or attn.proj.bias is None:
+            problems.append("attention with a head dimension other than dim/heads, or no projection bias")
+        qkv_bias.add(attn.qkv.bias is not None)
+        if type(mlp).__name__ != "Mlp" or not isinstance(mlp.norm, nn.Identity) or mlp.fc1.bias is None:
+            problems.append(f"{where}.mlp is {type(mlp).__name__} (SwiGLU, MLP norm or no bias; the reference has fc1-act-fc2)")
+            continue
+        act = _activation(mlp.act)
+        if act is None:
+            problems.append(f"activation {type(mlp.act).__name__} (the reference has exact GELU and QuickGELU)")
+        acts.add(act)
+    eps.discard(None)
+    if len(eps) > 1:
+        problems.append(f"several LayerNorm epsilons {sorted(eps)}")
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise UnsupportedModelError("timm model uses features the reference ViT lacks: " + "; ".join(unique))
+
+    blk = model.blocks[0]
+    return ViTConfig(
+        image_size=pe.img_size[0],
+        patch_size=pe.patch_size[0],
+        in_chans=pe.proj.in_channels,
+        num_classes=model.num_classes,
+        width=model.embed_dim,
+        depth=len(model.blocks),
+        mlp_dim=blk.mlp.fc1.out_features,
+        heads=blk.attn.num_heads,
+        qkv_bias=qkv_bias.pop(),
+        class_token=model.cls_token is not None,
+        pool=model.global_pool,
+        fc_norm=not isinstance(model.fc_norm, nn.Identity),
+        pos_embed="learn",
+        pre_norm=not isinstance(model.norm_pre, nn.Identity),
+        patch_bias=pe.proj.bias is not None,
+        act=acts.pop(),
+        norm_eps=eps.pop() if eps else 1e-6,
+    )
+
+
+# Source tensors whose layout differs from the reference: name -> function(tensor, config).
+# The patch projection is a Conv2d (D, C, P, P) in timm and a Linear over (C, P, P)-flattened patches here.
+_RESHAPED = {"patch_embed.proj.weight": lambda w: w.reshape(w.shape[0], -1)}
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], config: ViTConfig) -> dict[str, torch.Tensor]:
+    """Map a timm VisionTransformer state_dict onto the reference ViT's keys (a pure function).
+
+    Raises ConversionError naming every missing key, extra key and shape mismatch.
+    """
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in ViT(config).state_dict().items()}
+    out, extra, bad_shape = {}, [], []
+    for key, value in state_dict.items():
+        if key not in expected:
+            extra.append(key)
+            continue
+        value = _RESHAPED[key](value) if key in _RESHAPED else value
+        if value.shape != expected[key]:
+            bad_shape.append(f"{key}: source {tuple(value.shape)} vs reference {tuple(expected[key])}")
+            continue
+        out[key] = value
+    missing = [k for k in expected if k not in state_dict]
+    if extra or missing or bad_shape:
+        parts = [f"{label}: {', '.join(keys)}" for label, keys in
+                 (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", bad_shape)) if keys]
+        raise ConversionError("checkpoint does not match the reference ViT: " + "; ".join(parts))
+    return out
+
+
+def from_timm(model: nn.Module) -> ViT:
+    """A reference ViT carrying a timm VisionTransformer's weights, on its device and dtype, in eval mode."""
+    config = config_from_timm(model)
+    with torch.device("meta"):
+        ref = ViT(config)
+    weights = convert_state_dict(model.state_dict(), config)
+    # copies, so that training one model never changes the other
+    ref.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, strict=True, assign=True)
+    return ref.eval()

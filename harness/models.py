@@ -1,0 +1,72 @@
+"""Library models, created the same way everywhere: timm by name, random or pretrained weights.
+
+Weights are named by a string:
+  "random"      timm's own initialisation after torch.manual_seed(seed)
+  "pretrained"  timm's default pretrained tag, from the Hugging Face cache (or the hub when online)
+  a file path   a local checkpoint in timm's format (loaded through pretrained_cfg_overlay=dict(file=...))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "china", "flower")
+
+
+def load_timm(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A timm model in eval mode with the weights named by `weights` (see the module docstring)."""
+    import timm
+
+    torch.manual_seed(seed)
+    if weights == "random":
+        return timm.create_model(name, pretrained=False, **kwargs).eval()
+    if weights == "pretrained":
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs).eval()
+        except Exception as e:  # the hub is unreachable and nothing is cached
+            raise RuntimeError(
+                f"pretrained weights for timm model {name!r} could not be loaded ({type(e).__name__}: {e}). "
+                "Either put them in the Hugging Face cache (run once online, or copy ~/.cache/huggingface), "
+                "or pass a local checkpoint file as the weights (a path instead of 'pretrained')."
+            ) from e
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights {weights!r} are neither 'random', 'pretrained' nor an existing file")
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs).eval()
+
+
+def photo(name: str) -> Image.Image:
+    """One of the real colour photographs shipped inside scikit-image and scikit-learn (no download)."""
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        return Image.fromarray(load_sample_image(f"{name}.jpg"))
+    import skimage.data
+
+    if name not in PHOTOS:
+        raise ValueError(f"unknown photo {name!r}: choose from {', '.join(PHOTOS)}")
+    array = getattr(skimage.data, name)()
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return Image.fromarray(array[..., :3])
+
+
+def timm_transform(model: torch.nn.Module):
+    """The model's own evaluation preprocessing (resize, crop, normalise) from its pretrained_cfg."""
+    import timm.data
+
+    return timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+
+
+def image_batch(model: torch.nn.Module, photos: list[str], n_random: int, seed: int) -> torch.Tensor:
+    """Real photographs through the model's preprocessing, then standard-normal tensors: (B, C, H, W) float64."""
+    transform = timm_transform(model)
+    images = [transform(photo(p)) for p in photos]
+    shape = images[0].shape if images else (3, *model.patch_embed.img_size)
+    g = torch.Generator().manual_seed(seed)
+    images += list(torch.randn(n_random, *shape, generator=g))
+    return torch.stack(images).double()

@@ -1,0 +1,90 @@
+"""Scaled dot-product attention and multi-head attention, written from the formula.
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V          (Vaswani et al., 2017, eq. 1)
+
+Only torch is imported. The explicit path never calls torch's fused attention or
+``torch.nn.MultiheadAttention``; ``MultiHeadAttention(..., fused=True)`` switches to
+``F.scaled_dot_product_attention`` so that the two paths can be checked against each other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """softmax(QKᵀ·scale + mask) V, with q (..., N, d), k (..., M, d), v (..., M, d_v), as torch's.
+
+    ``attn_mask`` broadcasts to (..., N, M). A boolean mask keeps the positions that are True
+    (torch's convention); a float mask is added to the scores. ``is_causal`` lets query i see keys
+    0..i (top-left aligned, as torch does) and cannot be combined with ``attn_mask``.
+
+    A query row whose keys are all masked out gives a row of zeros, the same as torch's math
+    backend (a softmax over no keys is undefined; zero is the value that propagates no NaN).
+    """
+    if is_causal and attn_mask is not None:
+        raise ValueError("pass either attn_mask or is_causal=True, not both (torch's rule)")
+    n, m = q.size(-2), k.size(-2)
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+
+    scores = (q @ k.transpose(-2, -1)) * scale  # (..., N, M)
+    if is_causal:
+        attn_mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+
+    # softmax written out: exp(s - max) / Σ exp(s - max); a row of -inf has max -inf, guard it.
+    row_max = scores.amax(dim=-1, keepdim=True)
+    dead = torch.isneginf(row_max)  # (..., N, 1) rows with no visible key
+    row_max = torch.where(dead, torch.zeros_like(row_max), row_max)
+    weights = torch.exp(scores - row_max)
+    denom = weights.sum(dim=-1, keepdim=True)
+    weights = weights / torch.where(dead, torch.ones_like(denom), denom)
+    return weights @ v  # (..., N, d_v)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with h heads: one fused qkv projection, per-head attention, concat, W_O.
+
+    Parameter names follow timm's ``Attention`` (``qkv``, ``proj``) so weights map one to one.
+    ``fused=False`` uses :func:`scaled_dot_product_attention` above; ``fused=True`` uses
+    ``torch.nn.functional.scaled_dot_product_attention`` (whichever backend torch selects, or the one
+    chosen with ``torch.nn.attention.sdpa_kernel``).
+    """
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, fused: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.fused = fused
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim)  # (B, N, 3, h, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, h, N, d)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        else:
+            y = scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(B, N, C)  # (B, N, h·d): heads concatenated
+        return self.proj(y)

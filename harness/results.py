@@ -1,0 +1,143 @@
+"""Rows -> pandas tables -> results/ (CSV + Markdown), with provenance, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_sha() -> str:
+    """The repository's HEAD commit, with '+dirty' when tracked files differ from it ('unknown' outside git)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "harness", "suites"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def stable_hash(obj) -> str:
+    """Short hash of a JSON-serialisable object, independent of key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def code_hash() -> str:
+    """Hash of the harness source: cached results computed by other code are not reused."""
+    h = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "harness").rglob("*.py")):
+        h.update(path.relative_to(REPO_ROOT).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def provenance(config: dict, device: torch.device | str, seed: int) -> dict:
+    """Columns every published row carries: how, where and with what it was produced."""
+    from . import __version__
+
+    return {
+        "harness_version": __version__,
+        "git_sha": git_sha(),
+        "torch": torch.__version__,
+        "timm": version("timm"),
+        "open_clip": version("open_clip_torch"),
+        "device": device_name(device),
+        "seed": seed,
+        "config_hash": stable_hash(config),
+        "time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float) and value != value:  # NaN: not applicable to this row
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.2e}"
+    return str(value)
+
+
+def to_markdown(df: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """A Markdown table of `columns` (all by default), numbers in short form."""
+    df = df[columns] if columns else df
+    return df.map(_fmt).to_markdown(index=False) + "\n"
+
+
+def write_table(
+    df: pd.DataFrame, out_dir: Path, name: str, title: str, md_columns: list[str] | None = None, notes: str = ""
+) -> list[Path]:
+    """results/<name>.csv (every column) and results/<name>.md (title, notes, the chosen columns, provenance)."""
+    out_dir = Path(out_dir)
+    csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    atomic_write_text(csv_path, df.to_csv(index=False))
+    prov_cols = [c for c in ("harness_version", "git_sha", "torch", "timm", "open_clip", "device", "seed",
+                             "config_hash") if c in df.columns]
+    prov = df[prov_cols].drop_duplicates() if prov_cols else pd.DataFrame()
+    md = f"# {title}\n\n"
+    md += f"{notes.strip()}\n\n" if notes else ""
+    md += to_markdown(df, md_columns)
+    if not prov.empty:
+        md += "\nProduced by:\n\n" + to_markdown(prov)
+    md += f"\nEvery column, provenance included, is in [{csv_path.name}]({csv_path.name}).\n"
+    atomic_write_text(md_path, md)
+    return [csv_path, md_path]
+
+
+def write_index(out_dir: Path, entries: dict[str, str]) -> Path:
+    """results/README.md: one line per table (name -> description), merged with what is already listed."""
+    out_dir = Path(out_dir)
+    index_json = out_dir / ".index.json"
+    known = json.loads(index_json.read_text()) if index_json.exists() else {}
+    known.update(entries)
+    known = {k: v for k, v in known.items() if (out_dir / f"{k}.csv").exists()}
+    atomic_write_text(index_json, json.dumps(known, indent=1, sort_keys=True) + "\n")
+    lines = ["# Results", "",
+             "Every table here is written by `nox -s eval` (or `python -m harness run SUITE`) from the code in this",
+             "repository; each row carries the git sha, library versions, device, dtype, seed and config hash.", "",
+             "| table | what it holds |", "|---|---|"]
+    lines += [f"| [{k}]({k}.md) ([csv]({k}.csv)) | {v} |" for k, v in sorted(known.items())]
+    path = out_dir / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,135 @@
+"""Load a declared suite, run its units with a per-unit cache, write its tables.
+
+A suite is a file suites/<name>.py with NAME, VERSION, EVALUATOR (a module under harness.evals) and
+get_config(profile) -> dict. An evaluator module provides
+
+    units(config, ctx) -> list[str]              independent pieces of work, each cached on its own
+    run_unit(unit, config, ctx) -> list[dict]    flat rows
+    tables(rows, config) -> list[Table]          pandas tables built from all the rows
+
+Finished units are saved at once (atomically) under the cache folder, keyed by the suite's config,
+version, the harness source and the device: an interrupted run resumes where it stopped and a
+rerun with nothing changed recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import results
+
+SUITES_DIR = results.REPO_ROOT / "suites"
+DEFAULT_CACHE = Path.home() / ".cache" / "vitclip-harness"
+PROFILES = ("default", "full")
+
+
+@dataclass
+class Context:
+    device: torch.device
+    seed: int = 0
+    dtypes: list[str] | None = None  # overrides the suite's dtypes when given
+    cache_dir: Path = DEFAULT_CACHE
+    use_cache: bool = True
+    log: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    name: str  # file stem under results/
+    df: pd.DataFrame
+    title: str
+    description: str  # one line for results/README.md
+    md_columns: list[str] | None = None
+    notes: str = ""
+
+
+def suite_names(suites_dir: Path = SUITES_DIR) -> list[str]:
+    return sorted(p.stem for p in suites_dir.glob("*.py") if not p.name.startswith("_"))
+
+
+def load_suite(name: str, suites_dir: Path = SUITES_DIR) -> ModuleType:
+    path = suites_dir / f"{name}.py"
+    if not path.exists():
+        raise SystemExit(f"unknown suite {name!r}: choose from {', '.join(suite_names(suites_dir))} "
+                         f"(files in {suites_dir})")
+    spec = importlib.util.spec_from_file_location(f"vitclip_suites.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for attr in ("NAME", "VERSION", "EVALUATOR", "get_config"):
+        if not hasattr(module, attr):
+            raise SystemExit(f"suite file {path} lacks {attr}")
+    return module
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but torch sees no GPU; use --device cpu (or auto)")
+    return device
+
+
+def _unit_file(folder: Path, unit: str) -> Path:
+    return folder / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", unit) + ".json")
+
+
+def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: Path = SUITES_DIR) -> list[Path]:
+    """Run every unit of suite `name` (reusing cached units), write its tables into out_dir."""
+    if profile not in PROFILES:
+        raise SystemExit(f"unknown profile {profile!r}: choose from {', '.join(PROFILES)}")
+    suite = load_suite(name, suites_dir)
+    config = suite.get_config(profile)
+    if ctx.dtypes:
+        config = {**config, "dtypes": ctx.dtypes}
+    evaluator = importlib.import_module(f"harness.evals.{suite.EVALUATOR}")
+
+    key = results.stable_hash({"suite": suite.NAME, "version": suite.VERSION, "config": config, "seed": ctx.seed,
+                               "code": results.code_hash(), "device": results.device_name(ctx.device)})
+    folder = ctx.cache_dir / "units" / suite.NAME / key
+    units = evaluator.units(config, ctx)
+    rows: list[dict] = []
+    start = time.perf_counter()
+    done = 0
+    bar = tqdm(units, desc=f"{suite.NAME} [{profile}]", unit="unit", dynamic_ncols=True)
+    for unit in bar:
+        bar.set_postfix_str(unit)
+        path = _unit_file(folder, unit)
+        if ctx.use_cache and path.exists():
+            rows += json.loads(path.read_text())
+            done += 1
+            continue
+        t0 = time.perf_counter()
+        unit_rows = evaluator.run_unit(unit, config, ctx)
+        seconds = time.perf_counter() - t0
+        for row in unit_rows:
+            row.setdefault("unit", unit)
+            row.setdefault("unit_seconds", round(seconds, 2))
+        if ctx.use_cache:
+            results.atomic_write_text(path, json.dumps(unit_rows, default=float))
+        rows += unit_rows
+    elapsed = time.perf_counter() - start
+    if done:
+        print(f"{suite.NAME}: reused {done} of {len(units)} finished units from {folder}")
+
+    prov = results.provenance(config, ctx.device, ctx.seed)
+    prov.update(suite=suite.NAME, suite_version=suite.VERSION, profile=profile)
+    written, index = [], {}
+    for table in evaluator.tables(rows, config):
+        df = table.df.assign(**prov)
+        written += results.write_table(df, out_dir, table.name, table.title, table.md_columns, table.notes)
+        index[table.name] = table.description
+    written.append(results.write_index(out_dir, index))
+    print(f"{suite.NAME}: {len(rows)} rows in {elapsed:.1f} s -> " + ", ".join(str(p) for p in written))
+    return written

@@ -1,0 +1,67 @@
+"""nox sessions: tests, eval, lint, bench.
+
+Every session runs in ONE shared virtual environment, .nox/shared (torch with its CUDA libraries is ~6 GB):
+it is created on first use and reinstalled only when pyproject.toml changes.
+
+    nox -s tests                          the test suite (pytest; add -- -m "not slow" for the fast tier)
+    nox -s eval                           every suite, default profile (embedded data, CPU-sized)
+    nox -s eval -- agreement              one suite
+    nox -s eval -- agreement --profile full --device cuda
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+VENV = ROOT / ".nox" / "shared"
+STAMP = VENV / ".installed-from"
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests"]
+
+
+def _python(session: nox.Session) -> str:
+    """The shared environment's python, (re)installing the project when pyproject.toml changed."""
+    python = VENV / "bin" / "python"
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(VENV), external=True)
+    if not STAMP.exists() or STAMP.read_text() != want:
+        session.run(str(python), "-m", "pip", "install", "-e", f"{ROOT}[test]", external=True)
+        STAMP.write_text(want)
+    else:
+        session.log(f"reusing {VENV} (pyproject.toml unchanged)")
+    return str(python)
+
+
+def _env() -> dict[str, str]:
+    # No hub at run time: what is not cached locally must fail fast instead of hanging on the network.
+    return {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+            "HF_DATASETS_OFFLINE": os.environ.get("HF_DATASETS_OFFLINE", "1")}
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the tests on CPU (pytest arguments after --)."""
+    python = _python(session)
+    session.run(python, "-m", "pytest", *(session.posargs or ["-q"]), external=True, env=_env())
+
+
+@nox.session
+def eval(session: nox.Session) -> None:
+    """Run the suites and write results/ (arguments after -- go to `python -m harness run`)."""
+    python = _python(session)
+    session.run(python, "-m", "harness", "run", *session.posargs, external=True, env=_env())
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the project."""
+    python = _python(session)
+    session.run(python, "-m", "ruff", "check", "harness", "suites", "tests", "noxfile.py", external=True)

@@ -1,0 +1,50 @@
+"""Agreement: the reference ViT and attention against timm and torch, on the same weights.
+
+Run:    nox -s eval -- agreement          (python -m harness run agreement --profile default)
+Expect: every float32 row passes (relative error <= 1e-5) and every float64 row (<= 1e-12); on a GPU, the
+        bfloat16/float16 rows pass FlashAttention's rule (reference error vs float64 <= 2x timm's own).
+Tables: results/agreement.{csv,md}, agreement_blocks.{csv,md}, agreement_attention.{csv,md}.
+"""
+
+NAME = "agreement"
+VERSION = 1
+EVALUATOR = "agreement"
+
+# The timm VisionTransformer configurations the converter covers (issue 2 lists them).
+MODELS = [
+    "vit_tiny_patch16_224",
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+    "vit_large_patch16_224",
+    "vit_base_patch32_224",
+    "deit_tiny_patch16_224",
+    "deit_small_patch16_224",
+    "deit_base_patch16_224",
+    "vit_base_patch16_384",
+    "vit_base_patch16_gap_224",
+]
+
+
+def get_config(profile: str) -> dict:
+    config = {
+        "models": MODELS,
+        "gradient_models": ["vit_tiny_patch16_224"],
+        "weights": "random",  # timm's initialisation after torch.manual_seed(seed)
+        "weight_files": {},  # model name -> local checkpoint file, overriding `weights`
+        "photos": ["astronaut", "chelsea"],  # real photographs, through each model's preprocessing
+        "random_inputs": 1,  # plus this many standard-normal tensors
+        "dtypes": ["float64", "float32"],
+        "gpu_dtypes": ["bfloat16", "float16"],  # added when the device is a GPU
+        "attention": {
+            "batch": 2,
+            "head_dim": 64,
+            "seq_lens": [7, 50, 197],
+            "heads": [1, 4, 16],
+            "masks": ["none", "causal", "padding"],
+        },
+    }
+    if profile == "full":  # pretrained weights (Hugging Face cache), more inputs; GPU-sized
+        config.update(weights="pretrained", photos=["astronaut", "chelsea", "coffee", "rocket", "china", "flower"],
+                      random_inputs=2)
+        config["attention"] = {**config["attention"], "seq_lens": [7, 50, 197, 577, 1024], "heads": [1, 2, 4, 8, 16]}
+    return config
