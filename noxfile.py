@@ -33,7 +33,7 @@ def _python(session: nox.Session) -> str:
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(VENV), external=True)
     if not STAMP.exists() or STAMP.read_text() != want:
-        session.run(str(python), "-m", "pip", "install", "-e", f"{ROOT}[test]", external=True)
+        session.run(str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]", external=True)
         STAMP.write_text(want)
     else:
         session.log(f"reusing {VENV} (pyproject.toml unchanged)")

@@ -1,7 +1,17 @@
 """vitclip-harness: reference attention, ViT and CLIP, checked against timm and open_clip."""
 
-from .convert import from_timm
-from .reference import MultiHeadAttention, ViT, ViTConfig, scaled_dot_product_attention
+from .convert import from_open_clip, from_timm
+from .reference import (
+    CLIP,
+    CLIPConfig,
+    CLIPTextConfig,
+    MultiHeadAttention,
+    ViT,
+    ViTConfig,
+    clip_loss,
+    scaled_dot_product_attention,
+)
 
 __version__ = "0.1.0"
-__all__ = ["MultiHeadAttention", "ViT", "ViTConfig", "from_timm", "scaled_dot_product_attention", "__version__"]
+__all__ = ["CLIP", "CLIPConfig", "CLIPTextConfig", "MultiHeadAttention", "ViT", "ViTConfig", "clip_loss",
+           "from_open_clip", "from_timm", "scaled_dot_product_attention", "__version__"]

@@ -62,11 +62,35 @@ def timm_transform(model: torch.nn.Module):
     return timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
 
 
-def image_batch(model: torch.nn.Module, photos: list[str], n_random: int, seed: int) -> torch.Tensor:
-    """Real photographs through the model's preprocessing, then standard-normal tensors: (B, C, H, W) float64."""
-    transform = timm_transform(model)
+def image_batch(transform, image_size: int, photos: list[str], n_random: int, seed: int) -> torch.Tensor:
+    """Real photographs through a model's preprocessing, then standard-normal tensors: (B, 3, H, W) float64."""
     images = [transform(photo(p)) for p in photos]
-    shape = images[0].shape if images else (3, *model.patch_embed.img_size)
     g = torch.Generator().manual_seed(seed)
-    images += list(torch.randn(n_random, *shape, generator=g))
+    images += list(torch.randn(n_random, 3, image_size, image_size, generator=g))
     return torch.stack(images).double()
+
+
+def load_open_clip(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch.nn.Module:
+    """An open_clip model in eval mode. `weights`: "random", a pretrained tag ("openai",
+    "laion2b_s34b_b79k", ...: from the Hugging Face cache, or the hub when online) or a local checkpoint file."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    if weights == "random":
+        return open_clip.create_model(name, pretrained=None, **kwargs).eval()
+    try:
+        return open_clip.create_model(name, pretrained=weights, **kwargs).eval()
+    except Exception as e:
+        raise RuntimeError(
+            f"open_clip weights {weights!r} for {name!r} could not be loaded ({type(e).__name__}: {e}). "
+            "Pass a pretrained tag that is in the Hugging Face cache (fill it once online), "
+            "or the path of a local checkpoint file."
+        ) from e
+
+
+def open_clip_transform(model: torch.nn.Module):
+    """The model's own evaluation preprocessing (open_clip's preprocess_cfg)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {"size": model.visual.image_size}
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=False)

@@ -8,7 +8,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -71,7 +71,7 @@ def provenance(config: dict, device: torch.device | str, seed: int) -> dict:
         "device": device_name(device),
         "seed": seed,
         "config_hash": stable_hash(config),
-        "time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "time_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
@@ -102,7 +102,7 @@ def _fmt(value) -> str:
 def to_markdown(df: pd.DataFrame, columns: list[str] | None = None) -> str:
     """A Markdown table of `columns` (all by default), numbers in short form."""
     df = df[columns] if columns else df
-    return df.map(_fmt).to_markdown(index=False) + "\n"
+    return df.map(_fmt).to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def write_table(

@@ -31,7 +31,7 @@ def get_config(profile: str) -> dict:
         "gradient_models": ["vit_tiny_patch16_224"],
         "weights": "random",  # timm's initialisation after torch.manual_seed(seed)
         "weight_files": {},  # model name -> local checkpoint file, overriding `weights`
-        "photos": ["astronaut", "chelsea"],  # real photographs, through each model's preprocessing
+        "photos": ["astronaut"],  # real photographs, through each model's preprocessing
         "random_inputs": 1,  # plus this many standard-normal tensors
         "dtypes": ["float64", "float32"],
         "gpu_dtypes": ["bfloat16", "float16"],  # added when the device is a GPU
@@ -43,8 +43,29 @@ def get_config(profile: str) -> dict:
             "masks": ["none", "causal", "padding"],
         },
     }
+    config["clip"] = {
+        # open_clip ViT CLIPs with the bundled BPE tokenizer; the full profile adds the rest
+        "models": ["ViT-S-32", "ViT-B-32", "ViT-M-16", "ViT-B-32-quickgelu"],
+        "gradient_models": ["ViT-S-32"],
+        "timm_towers": {"ViT-B-32": "vit_base_patch32_clip_224"},  # open_clip vs timm vs reference
+        "weights": {},  # model -> pretrained tag ("openai", "laion2b_s34b_b79k") or a local checkpoint file
+        "tokenizer": "ViT-B-32",
+        "photos": ["astronaut", "chelsea"],
+        "random_inputs": 1,
+        "captions": ["a photo of an astronaut.", "a photo of a cat.", "random noise.", "a cup of coffee.",
+                     "a rocket on a launch pad.", "a chinese temple.", "a flower."],
+        "loss": {"batch_sizes": [1, 2, 8, 64, 512], "logit_scales": [1.0, 14.3, 100.0], "dim": 512,
+                 "tol": {"float32": 1e-6}},
+    }
     if profile == "full":  # pretrained weights (Hugging Face cache), more inputs; GPU-sized
         config.update(weights="pretrained", photos=["astronaut", "chelsea", "coffee", "rocket", "china", "flower"],
                       random_inputs=2)
         config["attention"] = {**config["attention"], "seq_lens": [7, 50, 197, 577, 1024], "heads": [1, 2, 4, 8, 16]}
+        config["clip"].update(
+            models=["ViT-S-16", "ViT-S-32", "ViT-M-16", "ViT-M-32", "ViT-B-32", "ViT-B-16", "ViT-L-14",
+                    "ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "ViT-L-14-quickgelu"],
+            timm_towers={"ViT-B-32": "vit_base_patch32_clip_224", "ViT-B-16": "vit_base_patch16_clip_224"},
+            weights={"ViT-B-32": "openai", "ViT-B-16": "openai", "ViT-L-14": "openai",
+                     "ViT-B-32-quickgelu": "openai", "ViT-B-16-quickgelu": "openai", "ViT-L-14-quickgelu": "openai"},
+            photos=["astronaut", "chelsea", "coffee", "rocket", "china", "flower"], random_inputs=1)
     return config

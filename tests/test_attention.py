@@ -14,7 +14,8 @@ def rel(a, b):
 
 def qkv(B=2, h=3, N=7, M=None, d=16, dtype=torch.float64):
     M = M or N
-    return torch.randn(B, h, N, d, dtype=dtype), torch.randn(B, h, M, d, dtype=dtype), torch.randn(B, h, M, d, dtype=dtype)
+    q = torch.randn(B, h, N, d, dtype=dtype)
+    return q, torch.randn(B, h, M, d, dtype=dtype), torch.randn(B, h, M, d, dtype=dtype)
 
 
 def test_matches_the_formula_written_naively():

@@ -45,7 +45,8 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     cls = type(model).__name__
     if cls != "VisionTransformer":
         hint = {"Eva": " (RoPE, SwiGLU)", "VisionTransformerDistilled": " (distillation token)"}.get(cls, "")
-        raise UnsupportedModelError(f"timm {cls}{hint} is not supported: the reference implements VisionTransformer only")
+        raise UnsupportedModelError(
+            f"timm {cls}{hint} is not supported: the reference implements VisionTransformer only")
 
     problems: list[str] = []
     if model.num_reg_tokens:
@@ -96,7 +97,8 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
             problems.append("attention with a head dimension other than dim/heads, or no projection bias")
         qkv_bias.add(attn.qkv.bias is not None)
         if type(mlp).__name__ != "Mlp" or not isinstance(mlp.norm, nn.Identity) or mlp.fc1.bias is None:
-            problems.append(f"{where}.mlp is {type(mlp).__name__} (SwiGLU, MLP norm or no bias; the reference has fc1-act-fc2)")
+            problems.append(
+                f"{where}.mlp is {type(mlp).__name__} (SwiGLU, MLP norm or no bias; the reference has fc1-act-fc2)")
             continue
         act = _activation(mlp.act)
         if act is None:
@@ -126,6 +128,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         pos_embed="learn",
         pre_norm=not isinstance(model.norm_pre, nn.Identity),
         patch_bias=pe.proj.bias is not None,
+        head_bias=not isinstance(model.head, nn.Linear) or model.head.bias is not None,
         act=acts.pop(),
         norm_eps=eps.pop() if eps else 1e-6,
     )

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..convert.timm import convert_state_dict, from_timm
-from ..models import image_batch, load_timm
+from ..models import image_batch, load_timm, timm_transform
 from ..reference.attention import MultiHeadAttention, scaled_dot_product_attention
 from ..runner import Context, Table
 
@@ -42,11 +42,12 @@ def errors(ref: torch.Tensor, lib: torch.Tensor) -> dict:
     }
 
 
-def verdict(dtype: str, ref: torch.Tensor, lib: torch.Tensor, truth: torch.Tensor | None = None) -> dict:
-    """Errors of ref against lib, and pass/fail under the tolerance rule of `dtype`."""
+def verdict(dtype: str, ref: torch.Tensor, lib: torch.Tensor, truth: torch.Tensor | None = None,
+            tol: float | None = None) -> dict:
+    """Errors of ref against lib, and pass/fail under the tolerance rule of `dtype` (or `tol` when given)."""
     row = errors(ref, lib)
     if dtype in TOL:
-        tol = TOL[dtype]
+        tol = tol or TOL[dtype]
         row.update(tolerance=tol, rule=f"rel_err <= {tol:g}", passed=row["rel_err"] <= tol)
     else:
         ref_err = errors(ref, truth)["rel_err"]
@@ -88,6 +89,11 @@ def units(config: dict, ctx: Context) -> list[str]:
     out = ["attention"] if config.get("attention") else []
     out += [f"model:{m}" for m in config["models"]]
     out += [f"gradients:{m}" for m in config.get("gradient_models", [])]
+    clip = config.get("clip") or {}
+    out += ["clip_loss"] if clip.get("loss") else []
+    out += [f"clip:{m}" for m in clip.get("models", [])]
+    out += [f"clip_gradients:{m}" for m in clip.get("gradient_models", [])]
+    out += [f"clip_timm:{m}={t}" for m, t in clip.get("timm_towers", {}).items()]
     return out
 
 
@@ -96,9 +102,26 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     dtypes = _dtypes(config, ctx.device)
     if kind == "attention":
         return attention_rows(config["attention"], dtypes, ctx.device, ctx.seed)
+    if kind.startswith("clip"):
+        from . import agreement_clip
+
+        clip = {**config, **config["clip"]}
+        if kind == "clip_loss":
+            return agreement_clip.loss_rows(clip["loss"], dtypes, ctx.device, ctx.seed)
+        name, _, timm_name = name.partition("=")
+        weights = clip.get("weights", {}).get(name, "random")
+        common = {"model": name, "weights": weights if weights == "random" else "pretrained"}
+        if kind == "clip":
+            rows = agreement_clip.model_rows(name, weights, clip, ctx, dtypes)
+        elif kind == "clip_gradients":
+            rows = agreement_clip.gradient_rows(name, weights, clip, ctx, dtypes)
+        else:
+            rows = agreement_clip.three_way_rows(name, timm_name, weights, clip, ctx, dtypes)
+        return [{**common, **r} for r in rows]
     weights = config.get("weight_files", {}).get(name, config.get("weights", "random"))
     model = load_timm(name, weights, seed=ctx.seed).to(ctx.device)
-    x = image_batch(model, config["photos"], config["random_inputs"], ctx.seed).to(ctx.device)
+    x = image_batch(timm_transform(model), model.patch_embed.img_size[0], config["photos"], config["random_inputs"],
+                    ctx.seed).to(ctx.device)
     common = {"model": name, "weights": weights if weights in ("random", "pretrained") else "file"}
     if kind == "model":
         return [{**common, **r} for r in model_rows(model, x, dtypes, ctx.device)]
@@ -127,51 +150,74 @@ def _stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def _run_with_stages(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Logits plus the output of the patch embedding and of every block, captured with forward hooks."""
+def capture(stages: list[tuple[str, nn.Module]], fn: Callable[[], dict]) -> dict[str, torch.Tensor]:
+    """fn()'s outputs plus the output of every named module, captured with forward hooks."""
     out: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o.detach().clone()))
-             for n, m in _stages(model)]
+             for n, m in stages]
     try:
-        out["logits"] = model(x)
+        out.update(fn())
     finally:
         for h in hooks:
             h.remove()
     return out
 
 
-def model_rows(model: nn.Module, x: torch.Tensor, dtypes: list[str], device: torch.device) -> list[dict]:
-    """For each dtype and attention backend: reference vs timm on logits and after every block."""
-    model = model.double()  # the master copy: float32 weights are exact in float64
-    truth = _run_with_stages(model, x.double()) if any(d in LOW_PRECISION for d in dtypes) else None
+def _run_with_stages(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Logits plus the output of the patch embedding and of every block."""
+    return capture(_stages(model), lambda: {"logits": model(x)})
+
+
+def sweep(
+    lib_master: nn.Module,
+    to_reference: Callable[[nn.Module], nn.Module],
+    run: Callable[[nn.Module, torch.dtype], dict[str, torch.Tensor]],
+    outputs: list[str],
+    dtypes: list[str],
+    device: torch.device,
+    library: str,
+) -> list[dict]:
+    """Reference vs library for each dtype and attention backend.
+
+    `run(model, dtype)` returns named tensors; the names in `outputs` become rows of their own (check=name),
+    every other name is a stage (a block) and becomes a 'block' row. The library model is a copy of the
+    float64 master cast to each dtype; the reference is converted from that copy.
+    """
+    lib_master = lib_master.double()  # float32 weights are exact in float64
+    truth = run(lib_master, torch.float64) if any(d in LOW_PRECISION for d in dtypes) else None
     rows = []
     for dtype in dtypes:
-        lib_model = _cast(model, dtype)
-        xd = x.to(dtype_of(dtype))
-        lib = _run_with_stages(lib_model, xd)
-        ref = from_timm(lib_model)
+        lib_model = _cast(lib_master, dtype)
+        lib = run(lib_model, dtype_of(dtype))
+        ref = to_reference(lib_model)
         for backend in ["explicit"] + available_backends(device, dtype_of(dtype)):
             ref.set_fused_attn(backend != "explicit")
-            base = {"check": "logits", "dtype": dtype, "backend": backend, "library": "timm", "n_inputs": len(x)}
+            base = {"dtype": dtype, "backend": backend, "library": library}
             try:
                 with backend_context(backend):
-                    got = _run_with_stages(ref, xd)
+                    got = run(ref, dtype_of(dtype))
             except RuntimeError as e:  # a backend that refuses this shape or dtype
-                rows.append({**base, "result": "skipped", "note": str(e).splitlines()[0][:200]})
+                rows.append({**base, "check": outputs[0], "result": "skipped", "note": str(e).splitlines()[0][:200]})
                 continue
-            stage_rows = []
-            for stage in [s for s, _ in _stages(ref)] + ["logits"]:
-                t = truth[stage] if truth else None
-                stage_rows.append({**base, "check": "block", "stage": stage,
-                                   **verdict(dtype, got[stage], lib[stage], t)})
+            stages = [k for k in lib if k not in outputs]
+            stage_rows = [{**base, "check": "block", "stage": k,
+                           **verdict(dtype, got[k], lib[k], truth[k] if truth else None)} for k in stages]
+            out_rows = [{**base, "check": k, **verdict(dtype, got[k], lib[k], truth[k] if truth else None)}
+                        for k in outputs]
             failing = [r["stage"] for r in stage_rows if not r["passed"]]
-            top1 = (got["logits"].argmax(-1) == lib["logits"].argmax(-1)).float().mean().item()
-            logits = stage_rows.pop()
-            rows.append({**logits, "check": "logits", "top1_agree": top1,
-                         "first_failing_stage": failing[0] if failing else "none"})
-            rows += stage_rows
+            for r in out_rows:
+                r["first_failing_stage"] = failing[0] if failing else "none"
+                if r["check"] == "logits":
+                    r["top1_agree"] = (got["logits"].argmax(-1) == lib["logits"].argmax(-1)).float().mean().item()
+            rows += out_rows + stage_rows
         del ref
     return rows
+
+
+def model_rows(model: nn.Module, x: torch.Tensor, dtypes: list[str], device: torch.device) -> list[dict]:
+    """Reference vs timm on logits and after the patch embedding and every block."""
+    rows = sweep(model, from_timm, lambda m, dt: _run_with_stages(m, x.to(dt)), ["logits"], dtypes, device, "timm")
+    return [{**r, "n_inputs": len(x)} for r in rows]
 
 
 def gradient_rows(model: nn.Module, x: torch.Tensor, dtypes: list[str]) -> list[dict]:
@@ -215,66 +261,66 @@ def _masks(kind: str, B: int, N: int, device) -> tuple[torch.Tensor | None, bool
     return keep[:, None, None, :], False, ~keep
 
 
-def attention_rows(cfg: dict, dtypes: list[str], device: torch.device, seed: int) -> list[dict]:
-    """Reference attention vs F.scaled_dot_product_attention, nn.MultiheadAttention and timm's Attention."""
+def _attention_pairs(dt: torch.dtype, q, k, v, x, modules: dict[str, nn.Module], keep, causal, pad):
+    """(comparison, reference output, library output) for each comparison, computed in dtype dt."""
+    q, k, v, x = (t.to(dt) for t in (q, k, v, x))
+    names = ("ref", "torch", "timm", "timm_manual")
+    ref_mha, torch_mha, timm_fused, timm_manual = (_cast(modules[n], dt) for n in names)
+    causal_bool = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1) if causal else None
+    ref_out = ref_mha(x, attn_mask=keep, is_causal=causal)
+    return [
+        ("reference sdpa vs F.scaled_dot_product_attention",
+         scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=causal),
+         F.scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=causal)),
+        ("reference MultiHeadAttention vs nn.MultiheadAttention", ref_out,
+         torch_mha(x, x, x, key_padding_mask=pad, attn_mask=causal_bool, need_weights=False)[0]),
+        ("reference MultiHeadAttention vs timm Attention (fused)", ref_out,
+         timm_fused(x, attn_mask=keep, is_causal=causal)),
+        ("reference MultiHeadAttention vs timm Attention (manual)", ref_out,
+         timm_manual(x, attn_mask=keep, is_causal=causal)),
+    ]
+
+
+def _attention_modules(dim: int, heads: int, device, seed: int) -> dict[str, nn.Module]:
+    """The reference MultiHeadAttention and the library modules, all carrying its weights, in float64."""
     from timm.layers import Attention as TimmAttention
 
+    torch.manual_seed(seed)
+    ref = MultiHeadAttention(dim, heads, qkv_bias=True).to(device).double().eval()
+    torch_mha = nn.MultiheadAttention(dim, heads, batch_first=True).to(device).double().eval()
+    with torch.no_grad():
+        torch_mha.in_proj_weight.copy_(ref.qkv.weight)
+        torch_mha.in_proj_bias.copy_(ref.qkv.bias)
+        torch_mha.out_proj.weight.copy_(ref.proj.weight)
+        torch_mha.out_proj.bias.copy_(ref.proj.bias)
+    timm_attn = {}
+    for fused in (True, False):
+        m = TimmAttention(dim, num_heads=heads, qkv_bias=True).to(device).double().eval()
+        m.load_state_dict(ref.state_dict())
+        m.fused_attn = fused
+        timm_attn[fused] = m
+    return {"ref": ref, "torch": torch_mha, "timm": timm_attn[True], "timm_manual": timm_attn[False]}
+
+
+@torch.no_grad()
+def attention_rows(cfg: dict, dtypes: list[str], device: torch.device, seed: int) -> list[dict]:
+    """Reference attention vs F.scaled_dot_product_attention, nn.MultiheadAttention and timm's Attention."""
     rows = []
     g = torch.Generator(device="cpu").manual_seed(seed)
     B, d = cfg["batch"], cfg["head_dim"]
     for N in cfg["seq_lens"]:
         for h in cfg["heads"]:
-            dim = h * d
             q, k, v = (torch.randn(B, h, N, d, generator=g, dtype=torch.float64).to(device) for _ in range(3))
-            x = torch.randn(B, N, dim, generator=g, dtype=torch.float64).to(device)
-            torch.manual_seed(seed)
-            ref_mha = MultiHeadAttention(dim, h, qkv_bias=True).to(device).double().eval()
-            torch_mha = nn.MultiheadAttention(dim, h, batch_first=True).to(device).double().eval()
-            timm_attn = TimmAttention(dim, num_heads=h, qkv_bias=True).to(device).double().eval()
-            with torch.no_grad():
-                torch_mha.in_proj_weight.copy_(ref_mha.qkv.weight)
-                torch_mha.in_proj_bias.copy_(ref_mha.qkv.bias)
-                torch_mha.out_proj.weight.copy_(ref_mha.proj.weight)
-                torch_mha.out_proj.bias.copy_(ref_mha.proj.bias)
-                timm_attn.load_state_dict(ref_mha.state_dict())
-            for mask_kind in cfg["masks"]:
-                keep, causal, pad = _masks(mask_kind, B, N, device)
-                causal_bool = torch.ones(N, N, dtype=torch.bool, device=device).triu(1) if causal else None
-
-                def sdpa_lib(dt, keep=keep, causal=causal):
-                    return F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=keep, is_causal=causal)
-
-                def sdpa_ref(dt, keep=keep, causal=causal):
-                    return scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=keep, is_causal=causal)
-
-                def mha_ref(dt, keep=keep, causal=causal):
-                    return _cast(ref_mha, dt)(x.to(dt), attn_mask=keep, is_causal=causal)
-
-                def mha_torch(dt, pad=pad, causal_bool=causal_bool):
-                    return _cast(torch_mha, dt)(x.to(dt), x.to(dt), x.to(dt), key_padding_mask=pad,
-                                                attn_mask=causal_bool, need_weights=False)[0]
-
-                def timm_fn(fused):
-                    timm_attn.fused_attn = fused
-
-                    def run(dt, keep=keep, causal=causal, module=copy.deepcopy(timm_attn)):
-                        return _cast(module, dt)(x.to(dt), attn_mask=keep, is_causal=causal)
-                    return run
-
-                pairs: list[tuple[str, Callable, Callable]] = [
-                    ("reference sdpa vs F.scaled_dot_product_attention", sdpa_ref, sdpa_lib),
-                    ("reference MultiHeadAttention vs nn.MultiheadAttention", mha_ref, mha_torch),
-                    ("reference MultiHeadAttention vs timm Attention (fused)", mha_ref, timm_fn(True)),
-                    ("reference MultiHeadAttention vs timm Attention (manual)", mha_ref, timm_fn(False)),
-                ]
-                for comparison, ref_fn, lib_fn in pairs:
-                    with torch.no_grad():
-                        truth = lib_fn(torch.float64)
-                        for dtype in dtypes:
-                            dt = dtype_of(dtype)
-                            r = verdict(dtype, ref_fn(dt), lib_fn(dt), truth)
-                            rows.append({"check": "attention", "comparison": comparison, "seq_len": N, "heads": h,
-                                         "head_dim": d, "mask": mask_kind, "dtype": dtype, **r})
+            x = torch.randn(B, N, h * d, generator=g, dtype=torch.float64).to(device)
+            modules = _attention_modules(h * d, h, device, seed)
+            for mask in cfg["masks"]:
+                keep, causal, pad = _masks(mask, B, N, device)
+                truth = _attention_pairs(torch.float64, q, k, v, x, modules, keep, causal, pad)
+                for dtype in dtypes:
+                    pairs = _attention_pairs(dtype_of(dtype), q, k, v, x, modules, keep, causal, pad)
+                    for (comparison, ref, lib), (_, _, lib64) in zip(pairs, truth):
+                        rows.append({"check": "attention", "comparison": comparison, "seq_len": N, "heads": h,
+                                     "head_dim": d, "mask": mask, "dtype": dtype, **verdict(dtype, ref, lib, lib64)})
     return rows
 
 
@@ -291,19 +337,24 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     df["result"] = _result(df) if "passed" in df else "skipped"
     note = __doc__.split("\n", 2)[2]
     out = []
-    main = df[df["check"].isin(["logits", "gradients"])].reset_index(drop=True)
-    cols = ["model", "weights", "check", "dtype", "backend", "n_inputs", "max_abs", "rel_err", "cosine",
-            "top1_agree", "rule", "result", "first_failing_stage"]
-    cols += [c for c in ("worst_param", "worst_param_rel_err") if c in main]
-    out.append(Table("agreement", main, "Agreement: reference ViT vs timm", 
-                     "reference ViT vs timm: logits and gradients, per dtype and attention backend",
+    main = df[~df["check"].isin(["block", "attention", "clip_loss"])].reset_index(drop=True)
+    cols = ["model", "weights", "library", "check", "dtype", "backend", "n_inputs", "max_abs", "rel_err", "cosine",
+            "top1_agree", "rule", "result", "first_failing_stage", "worst_param", "worst_param_rel_err"]
+    out.append(Table("agreement", main, "Agreement: reference ViT and CLIP vs timm and open_clip",
+                     "reference ViT vs timm and reference CLIP vs open_clip (and timm's CLIP towers): outputs, "
+                     "loss and gradients per dtype and attention backend",
                      [c for c in cols if c in main], note))
     blocks = df[df["check"] == "block"].reset_index(drop=True)
     if len(blocks):
-        out.append(Table("agreement_blocks", blocks, "Agreement after every block: reference ViT vs timm",
-                         "per-stage (patch embedding, each block, logits) errors of the reference vs timm",
-                         ["model", "dtype", "backend", "stage", "max_abs", "rel_err", "cosine", "rule", "result"],
-                         note))
+        out.append(Table("agreement_blocks", blocks, "Agreement after every block",
+                         "per-stage errors (patch embedding, each block of each tower) of the reference vs the library",
+                         ["model", "library", "dtype", "backend", "stage", "max_abs", "rel_err", "cosine", "rule",
+                          "result"], note))
+    loss = df[df["check"] == "clip_loss"].reset_index(drop=True)
+    if len(loss):
+        out.append(Table("agreement_clip_loss", loss, "harness.clip_loss vs open_clip's ClipLoss",
+                         "the symmetric contrastive loss vs open_clip's ClipLoss, batch sizes × logit scales",
+                         ["batch", "logit_scale", "dtype", "max_abs", "rel_err", "rule", "result"], note))
     attn = df[df["check"] == "attention"].reset_index(drop=True)
     if len(attn):
         out.append(Table("agreement_attention", attn, "Agreement of attention alone",

@@ -48,6 +48,7 @@ class ViTConfig:
     pos_embed: str = "learn"  # "learn": learned 1D table; "sincos": fixed 2D sin-cos
     pre_norm: bool = False  # LayerNorm before the first block (CLIP's ln_pre)
     patch_bias: bool = True  # bias on the patch projection (CLIP has none)
+    head_bias: bool = True  # bias on the head (CLIP's image projection has none)
     act: str = "gelu"  # MLP activation: "gelu" (erf) or "quick_gelu" (x·σ(1.702x), OpenAI CLIP)
     norm_eps: float = 1e-6  # LayerNorm epsilon (timm ViT 1e-6, CLIP 1e-5)
     fused_attn: bool = False  # False: the explicit formula; True: torch's F.scaled_dot_product_attention
@@ -108,25 +109,26 @@ class PatchEmbed(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, config: ViTConfig):
+    def __init__(self, dim: int, hidden: int, act: str = "gelu"):
         super().__init__()
-        self.fc1 = nn.Linear(config.width, config.mlp_dim)
-        self.act = QuickGELU() if config.act == "quick_gelu" else nn.GELU()
-        self.fc2 = nn.Linear(config.mlp_dim, config.width)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = QuickGELU() if act == "quick_gelu" else nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
-    """Pre-norm encoder block: x + MSA(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm encoder block: x + MSA(LN(x)), then x + MLP(LN(x)). Shared by ViT and CLIP's text tower."""
 
-    def __init__(self, config: ViTConfig):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, qkv_bias: bool = True, act: str = "gelu",
+                 norm_eps: float = 1e-6, fused_attn: bool = False):
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.width, eps=config.norm_eps)
-        self.attn = MultiHeadAttention(config.width, config.heads, config.qkv_bias, fused=config.fused_attn)
-        self.norm2 = nn.LayerNorm(config.width, eps=config.norm_eps)
-        self.mlp = Mlp(config)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = MultiHeadAttention(dim, heads, qkv_bias, fused=fused_attn)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, mlp_dim, act)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
         x = x + self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
@@ -159,10 +161,13 @@ class ViT(nn.Module):
             table = torch.cat([torch.zeros(self.num_prefix_tokens, D), sincos_2d(int(N**0.5), D)])
             self.register_buffer("pos_embed", table[None], persistent=False)
         self.norm_pre = nn.LayerNorm(D, eps=config.norm_eps) if config.pre_norm else nn.Identity()
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.depth)])
+        self.blocks = nn.ModuleList([
+            Block(D, config.heads, config.mlp_dim, config.qkv_bias, config.act, config.norm_eps, config.fused_attn)
+            for _ in range(config.depth)
+        ])
         self.norm = nn.Identity() if config.fc_norm else nn.LayerNorm(D, eps=config.norm_eps)
         self.fc_norm = nn.LayerNorm(D, eps=config.norm_eps) if config.fc_norm else nn.Identity()
-        self.head = nn.Linear(D, config.num_classes) if config.num_classes else nn.Identity()
+        self.head = nn.Linear(D, config.num_classes, bias=config.head_bias) if config.num_classes else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod

@@ -1,0 +1,132 @@
+"""CLIP rows of the agreement suite: reference CLIP vs open_clip (and timm's CLIP image towers).
+
+Same tolerances and the same per-block report as the ViT rows (see agreement.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..convert.open_clip import convert_state_dict, from_open_clip
+from ..convert.timm import from_timm
+from ..models import image_batch, load_open_clip, load_timm, open_clip_transform
+from ..reference.clip import clip_loss
+from .agreement import TOL, _cast, capture, dtype_of, sweep, verdict
+
+OUTPUTS = ["image_embedding", "text_embedding", "logits", "loss"]
+
+
+def _inputs(model: nn.Module, config: dict, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """As many images as captions: real photographs (open_clip's preprocessing) plus random tensors."""
+    import open_clip
+
+    images = image_batch(open_clip_transform(model), model.visual.image_size[0], config["photos"],
+                         config["random_inputs"], seed)
+    captions = config["captions"][: len(images)]
+    if len(captions) != len(images):
+        raise ValueError(f"the suite config needs {len(images)} captions (one per image), has {len(captions)}")
+    tokens = open_clip.get_tokenizer(config["tokenizer"])(captions)
+    return images.to(device), tokens.to(device)
+
+
+def _stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    if hasattr(model, "text"):  # reference CLIP
+        vis, txt = model.visual.blocks, model.text.blocks
+    else:  # open_clip CLIP
+        vis, txt = model.visual.transformer.resblocks, model.transformer.resblocks
+    return [(f"visual.blocks.{i}", b) for i, b in enumerate(vis)] + [(f"text.blocks.{i}", b) for i, b in enumerate(txt)]
+
+
+def _outputs(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Embeddings, logits and loss, each computed the way its own library computes it."""
+    from open_clip.loss import ClipLoss
+
+    image, text = model.encode_image(images), model.encode_text(tokens)
+    img_n, txt_n = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    if hasattr(model, "text"):  # reference: forward() and harness.clip_loss
+        logits = model(images, tokens)[0]
+        loss = clip_loss(img_n, txt_n, model.scale())
+    else:  # open_clip: get_logits() and ClipLoss
+        logits = model.get_logits(images, tokens)[0]
+        loss = ClipLoss()(img_n, txt_n, model.logit_scale.exp())
+    return {"image_embedding": image, "text_embedding": text, "logits": logits, "loss": loss}
+
+
+def model_rows(name: str, weights: str, config: dict, ctx, dtypes: list[str]) -> list[dict]:
+    model = load_open_clip(name, weights, seed=ctx.seed).to(ctx.device)
+    images, tokens = _inputs(model, config, ctx.seed, ctx.device)
+
+    def run(m, dt):
+        return capture(_stages(m), lambda: _outputs(m, images.to(dt), tokens))
+
+    rows = sweep(model, from_open_clip, run, OUTPUTS, dtypes, ctx.device, "open_clip")
+    return [{**r, "n_inputs": len(images)} for r in rows]
+
+
+def gradient_rows(name: str, weights: str, config: dict, ctx, dtypes: list[str]) -> list[dict]:
+    """Gradients of the contrastive loss for every parameter: reference vs open_clip."""
+    model = load_open_clip(name, weights, seed=ctx.seed).to(ctx.device).double()
+    images, tokens = _inputs(model, config, ctx.seed, ctx.device)
+    rows = []
+    for dtype in [d for d in dtypes if d in TOL]:
+        lib_model = _cast(model, dtype)
+        ref = from_open_clip(lib_model)
+        grads = []
+        for m in (lib_model, ref):
+            m.zero_grad(set_to_none=True)
+            _outputs(m, images.to(dtype_of(dtype)), tokens)["loss"].backward()
+            grads.append({n: p.grad for n, p in m.named_parameters()})
+        lib_grads = convert_state_dict(grads[0], ref.config)
+        per_param = {n: verdict(dtype, grads[1][n], g) for n, g in lib_grads.items()}
+        worst = max(per_param, key=lambda n: per_param[n]["rel_err"])
+        flat = [torch.cat([d[n].flatten() for n in lib_grads]) for d in (grads[1], lib_grads)]
+        rows.append({"check": "gradients", "dtype": dtype, "backend": "explicit", "library": "open_clip",
+                     "n_inputs": len(images), "n_params": len(per_param), **verdict(dtype, *flat),
+                     "worst_param": worst, "worst_param_rel_err": per_param[worst]["rel_err"],
+                     "first_failing_stage": "none"})
+    return rows
+
+
+def three_way_rows(name: str, timm_name: str, weights: str, config: dict, ctx, dtypes: list[str]) -> list[dict]:
+    """open_clip's image tower, timm's CLIP ViT (weights moved by timm's own checkpoint filter) and the reference."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    oc = load_open_clip(name, weights, seed=ctx.seed).to(ctx.device).double()
+    tm = load_timm(timm_name, "random", seed=ctx.seed, num_classes=oc.visual.proj.shape[1]).to(ctx.device).double()
+    tm.load_state_dict(checkpoint_filter_fn(oc.state_dict(), tm), strict=True)
+    images, _ = _inputs(oc, config, ctx.seed, ctx.device)
+    rows = []
+    for dtype in [d for d in dtypes if d in TOL]:
+        dt = dtype_of(dtype)
+        oc_d, tm_d = _cast(oc, dtype), _cast(tm, dtype)
+        x = images.to(dt)
+        with torch.no_grad():
+            emb = {"open_clip": oc_d.encode_image(x), "timm": tm_d(x),
+                   "reference (from timm)": from_timm(tm_d)(x),
+                   "reference (from open_clip)": from_open_clip(oc_d).encode_image(x)}
+        for a, b in [("timm", "open_clip"), ("reference (from timm)", "open_clip"),
+                     ("reference (from open_clip)", "timm")]:
+            rows.append({"check": "image_embedding_3way", "dtype": dtype, "backend": "explicit",
+                         "library": f"{a} vs {b}", "timm_model": timm_name, "n_inputs": len(x),
+                         **verdict(dtype, emb[a], emb[b]), "first_failing_stage": "none"})
+    return rows
+
+
+def loss_rows(cfg: dict, dtypes: list[str], device, seed: int) -> list[dict]:
+    """harness.clip_loss vs open_clip's ClipLoss on random unit features, batch sizes × logit scales."""
+    from open_clip.loss import ClipLoss
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in cfg["batch_sizes"]:
+        feats = [F.normalize(torch.randn(n, cfg["dim"], generator=g, dtype=torch.float64), dim=-1) for _ in range(2)]
+        for scale in cfg["logit_scales"]:
+            for dtype in [d for d in dtypes if d in TOL]:
+                img, txt = (f.to(device, dtype_of(dtype)) for f in feats)
+                s = torch.tensor(scale, dtype=dtype_of(dtype), device=device)
+                r = verdict(dtype, clip_loss(img, txt, s), ClipLoss()(img, txt, s), tol=cfg.get("tol", {}).get(dtype))
+                rows.append({"check": "clip_loss", "library": "open_clip ClipLoss", "batch": n, "logit_scale": scale,
+                             "dtype": dtype, **r})
+    return rows

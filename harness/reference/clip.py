@@ -1,0 +1,139 @@
+"""CLIP (Radford et al., 2021, "Learning Transferable Visual Models From Natural Language Supervision").
+
+Two towers map images and texts into one D_e-dimensional space:
+  image: the reference ViT with CLIP's variations (LayerNorm before the blocks, no bias on the patch
+         projection, LayerNorm eps 1e-5, optionally QuickGELU), its [CLS] output projected without bias;
+  text:  token embedding + learned position embedding, causal pre-norm blocks, a final LayerNorm, the
+         output at the end-of-text token (the highest token id, as in CLIP's BPE vocabulary) projected.
+Training contrasts the N² pairs of a batch: logits = exp(s)·cos(image_i, text_j), with s = log(1/τ)
+learned and clamped so the scale never exceeds 100 (CLIP section 2.5).
+
+Only torch is imported. Names follow open_clip where they can (token_embedding, positional_embedding,
+ln_final, text_projection, logit_scale) and the reference ViT's inside the image tower.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .vit import Block, ViT, ViTConfig
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the temperature so that logits are scaled by at most 100
+
+
+@dataclass(frozen=True)
+class CLIPTextConfig:
+    context_length: int = 77  # tokens per text, [SOT] ... [EOT] padded with zeros
+    vocab_size: int = 49408  # CLIP's byte-pair vocabulary
+    width: int = 512  # token dimension
+    depth: int = 12  # causal encoder blocks
+    heads: int = 8  # attention heads per block
+    mlp_dim: int = 2048  # hidden width of each block's MLP
+    act: str = "gelu"  # "gelu" or "quick_gelu"
+    norm_eps: float = 1e-5  # LayerNorm epsilon
+    fused_attn: bool = False  # False: the explicit formula; True: torch's fused kernel
+
+
+def clip_vision_config(**kwargs) -> ViTConfig:
+    """A ViTConfig with CLIP's image-tower choices; kwargs set size and the shared embedding dimension."""
+    base = dict(pre_norm=True, patch_bias=False, head_bias=False, norm_eps=1e-5, num_classes=512)
+    return ViTConfig(**{**base, **kwargs})
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    embed_dim: int = 512  # D_e: the shared embedding space
+    vision: ViTConfig = field(default_factory=lambda: clip_vision_config(patch_size=32))  # ViT-B/32
+    text: CLIPTextConfig = field(default_factory=CLIPTextConfig)
+    init_logit_scale: float = math.log(1 / 0.07)  # s = log(1/τ) at initialisation, τ = 0.07
+
+    def __post_init__(self):
+        if self.vision.num_classes != self.embed_dim or self.vision.head_bias:
+            raise ValueError("the image tower's head is the projection into the shared space: set "
+                             f"vision.num_classes={self.embed_dim} and vision.head_bias=False "
+                             "(clip_vision_config does both)")
+
+
+class TextTransformer(nn.Module):
+    def __init__(self, config: CLIPTextConfig, embed_dim: int):
+        super().__init__()
+        self.config = config
+        W = config.width
+        self.token_embedding = nn.Embedding(config.vocab_size, W)
+        self.positional_embedding = nn.Parameter(torch.randn(config.context_length, W) * 0.01)
+        self.blocks = nn.ModuleList([
+            Block(W, config.heads, config.mlp_dim, True, config.act, config.norm_eps, config.fused_attn)
+            for _ in range(config.depth)
+        ])
+        self.ln_final = nn.LayerNorm(W, eps=config.norm_eps)
+        self.text_projection = nn.Parameter(torch.randn(W, embed_dim) * W**-0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, D_e) text embeddings, read at each text's end-of-text token."""
+        B, T = tokens.shape
+        if T > self.config.context_length:
+            raise ValueError(f"texts of {T} tokens exceed the context length {self.config.context_length}")
+        x = self.token_embedding(tokens) + self.positional_embedding[:T]  # (B, T, W)
+        for block in self.blocks:
+            x = block(x, is_causal=True)  # token t sees tokens 0..t
+        x = self.ln_final(x)
+        eot = tokens.argmax(dim=-1)  # the end-of-text token has the highest id in CLIP's vocabulary
+        x = x[torch.arange(B, device=x.device), eot]  # (B, W)
+        return x @ self.text_projection  # (B, D_e)
+
+
+class CLIP(nn.Module):
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        self.config = config
+        self.visual = ViT(config.vision)
+        self.text = TextTransformer(config.text, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.visual(images)  # (B, D_e): [CLS] output, projected by the head (no bias)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.text(tokens)  # (B, D_e)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def scale(self) -> torch.Tensor:
+        """exp(s) = 1/τ, clamped at 100."""
+        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits_per_image (B_i, B_t), logits_per_text (B_t, B_i)): scaled cosine similarities."""
+        image = self.encode_image(images, normalize=True)
+        text = self.encode_text(tokens, normalize=True)
+        logits_per_image = self.scale() * image @ text.T
+        return logits_per_image, logits_per_image.T
+
+    def set_fused_attn(self, fused: bool) -> "CLIP":
+        """Switch both towers between the explicit formula and torch's fused kernel."""
+        self.visual.set_fused_attn(fused)
+        for block in self.text.blocks:
+            block.attn.fused = fused
+        return self
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float):
+    """The symmetric contrastive loss over the N² pairs of a batch of N matching (image, text) pairs.
+
+    With L = logit_scale · I Tᵀ (cosine similarities divided by τ when the features are L2-normalised,
+    as encode_*(normalize=True) gives them; logit_scale = 1/τ = exp(s)):
+        loss = ½ [ −1/N Σ_i log softmax_j(L)_ii  −  1/N Σ_j log softmax_i(L)_jj ]
+    the mean of the image->text and text->image cross-entropies, the N matching pairs being the targets.
+    """
+    if image_features.shape != text_features.shape:
+        raise ValueError(f"image features {tuple(image_features.shape)} and text features "
+                         f"{tuple(text_features.shape)} must both be (N, D) for N matching pairs")
+    logits = logit_scale * image_features @ text_features.T  # (N, N): row i = image i against every text
+    image_to_text = -torch.diagonal(logits.log_softmax(dim=1)).mean()  # softmax over texts
+    text_to_image = -torch.diagonal(logits.log_softmax(dim=0)).mean()  # softmax over images
+    return (image_to_text + text_to_image) / 2
