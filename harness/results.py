@@ -91,6 +91,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_figure(draw, path: Path) -> Path:
+    """draw(tmp_path) writes a figure; it is renamed into place only once complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        draw(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _fmt(value) -> str:
     if isinstance(value, float) and value != value:  # NaN: not applicable to this row
         return ""

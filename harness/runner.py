@@ -19,6 +19,7 @@ import importlib.util
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -52,6 +53,7 @@ class Table:
     description: str  # one line for results/README.md
     md_columns: list[str] | None = None
     notes: str = ""
+    plot: Callable[[pd.DataFrame, Path], None] | None = None  # writes a figure to the given .png path
 
 
 def suite_names(suites_dir: Path = SUITES_DIR) -> list[str]:
@@ -129,6 +131,9 @@ def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: 
     for table in evaluator.tables(rows, config):
         df = table.df.assign(**prov)
         written += results.write_table(df, out_dir, table.name, table.title, table.md_columns, table.notes)
+        if table.plot is not None:
+            written.append(results.atomic_write_figure(lambda path, t=table, d=df: t.plot(d, path),
+                                                       out_dir / f"{table.name}.png"))
         index[table.name] = table.description
     written.append(results.write_index(out_dir, index))
     print(f"{suite.NAME}: {len(rows)} rows in {elapsed:.1f} s -> " + ", ".join(str(p) for p in written))

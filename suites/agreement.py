@@ -45,7 +45,7 @@ def get_config(profile: str) -> dict:
     }
     config["clip"] = {
         # open_clip ViT CLIPs with the bundled BPE tokenizer; the full profile adds the rest
-        "models": ["ViT-S-32", "ViT-B-32", "ViT-M-16", "ViT-B-32-quickgelu"],
+        "models": ["ViT-S-32", "ViT-B-32", "ViT-M-32", "ViT-B-32-quickgelu"],
         "gradient_models": ["ViT-S-32"],
         "timm_towers": {"ViT-B-32": "vit_base_patch32_clip_224"},  # open_clip vs timm vs reference
         "weights": {},  # model -> pretrained tag ("openai", "laion2b_s34b_b79k") or a local checkpoint file

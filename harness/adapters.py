@@ -1,0 +1,85 @@
+"""One interface over timm, open_clip and the reference models: an image encoder and its preprocessing.
+
+A model is declared in a suite as a dict:
+  {"id": "vit_ti4", "library": "timm", "name": "vit_tiny_patch16_224",
+   "kwargs": {"img_size": 28, "patch_size": 4}, "data_cfg": {...}, "weights": "random"}
+  library "timm" | "open_clip"; kwargs go to the library's create function; data_cfg overrides timm's
+  preprocessing facts (input_size, crop_pct, mean, std, interpolation); weights as in harness.models.
+  library "data_scale": a model trained by the data-scale suite, {"unit": "resnet_small:1200:0"}; run that
+  suite first (nox -s eval runs it before linear_probe).
+`reference(encoder)` gives the reference model converted from a library encoder, with the same transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .features import weights_hash
+from .models import load_open_clip, load_timm, open_clip_transform, timm_transform
+
+
+@dataclass
+class Encoder:
+    id: str  # unique name in tables and cache keys
+    library: str  # "timm", "open_clip", "reference"
+    module: nn.Module
+    encode: Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) -> (B, D) features
+    transform: Callable  # PIL image -> tensor, the model's own preprocessing
+    weights: str  # hash of the weights
+
+
+def _timm_features(model: nn.Module) -> Callable:
+    return lambda x: model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def _data_scale_encoder(spec: dict, device, cache_dir) -> Encoder:
+    from .evals import data_scale
+    from .runner import load_suite
+
+    config = load_suite("data_scale").get_config("default")
+    path = data_scale.checkpoint_path(cache_dir, config, spec["unit"])
+    if not path.exists():
+        raise FileNotFoundError(f"no data-scale checkpoint for {spec['unit']!r} at {path}: run "
+                                "`nox -s eval -- data_scale` first (nox -s eval runs it before linear_probe)")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model = data_scale.build(ckpt["arch"]).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    return Encoder(spec["id"], "data_scale", model.eval(), _timm_features(model), data_scale.transform,
+                   weights_hash(model))
+
+
+def load_encoder(spec: dict, seed: int = 0, device: torch.device | str = "cpu", cache_dir=None) -> Encoder:
+    library, name = spec["library"], spec.get("name")
+    if library == "data_scale":
+        return _data_scale_encoder(spec, device, cache_dir)
+    weights = spec.get("weights", "random")
+    kwargs = dict(spec.get("kwargs", {}))
+    if library == "timm":
+        if spec.get("data_cfg"):
+            kwargs["pretrained_cfg_overlay"] = dict(spec["data_cfg"])
+        model = load_timm(name, weights, seed=seed, **kwargs).to(device)
+        return Encoder(spec["id"], "timm", model, _timm_features(model), timm_transform(model), weights_hash(model))
+    if library == "open_clip":
+        model = load_open_clip(name, weights, seed=seed, **kwargs).to(device)
+        return Encoder(spec["id"], "open_clip", model, model.encode_image, open_clip_transform(model),
+                       weights_hash(model))
+    raise ValueError(f"unknown library {library!r} in model {spec.get('id')!r}: use 'timm' or 'open_clip'")
+
+
+def reference(encoder: Encoder) -> Encoder:
+    """The reference model carrying the library model's weights, with the library model's transform."""
+    from .convert import from_open_clip, from_timm
+
+    if encoder.library == "timm":
+        ref = from_timm(encoder.module)
+        encode = _timm_features(ref)
+    elif encoder.library == "open_clip":
+        ref = from_open_clip(encoder.module)
+        encode = ref.encode_image
+    else:
+        raise ValueError(f"no reference for a {encoder.library} model")
+    return Encoder(f"{encoder.id} (reference)", "reference", ref, encode, encoder.transform, encoder.weights)

@@ -1,0 +1,195 @@
+"""Data sets as Hugging Face `datasets.Dataset`s with `image` and `label` (ClassLabel) columns.
+
+- Fashion-MNIST, the embedded default: read from the IDX files of Debian's `dataset-fashion-mnist`
+  package; when they are absent, the hub copy `zalando-datasets/fashion_mnist` (online users only).
+- ImageNet-1k, for users who have it: a local folder in ImageFolder layout (train/ and val/, one sub-folder
+  per class id such as n01440764), or the hub's `ILSVRC/imagenet-1k` (gated; needs access and its cache).
+
+Unreadable images: a corrupt or truncated file never stops a run half-way. `ImageDataset` returns None for
+it, the loader's collate drops it, and the count of skipped files (with the first few names) is reported
+with the features; see `harness.features`.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+IMAGENET_ENV = "VITCLIP_IMAGENET_DIR"
+
+
+@dataclass
+class ImageData:
+    """One split of a labelled image data set."""
+
+    name: str
+    split: str
+    dataset: object  # datasets.Dataset with "image" and "label" columns
+    classnames: list[str]
+    fingerprint: str  # identifies the content: part of every feature-cache key
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        # one column read from Arrow at once (indexing the column iterates row by row)
+        return np.asarray(self.dataset.select_columns(["label"]).with_format("numpy")[:]["label"])
+
+
+def _read_idx(path: Path, header: int) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
+
+
+def load_fashion_mnist(split: str, root: Path = FASHION_MNIST_DIR) -> ImageData:
+    """Fashion-MNIST "train" (60,000) or "test" (10,000): 28×28 grayscale, 10 classes."""
+    import datasets
+
+    if split not in ("train", "test"):
+        raise ValueError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}")
+    prefix = "train" if split == "train" else "t10k"
+    images_path, labels_path = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+    if not images_path.exists() or not labels_path.exists():
+        return _fashion_mnist_from_hub(split, root)
+    pixels = _read_idx(images_path, 16).reshape(-1, 28, 28)
+    labels = _read_idx(labels_path, 8)
+    if len(pixels) != len(labels):
+        raise ValueError(f"{images_path} holds {len(pixels)} images but {labels_path} {len(labels)} labels")
+    h = hashlib.sha256()
+    for p in (images_path, labels_path):
+        h.update(p.read_bytes())
+    features = datasets.Features({"image": datasets.Array2D((28, 28), "uint8"),
+                                  "label": datasets.ClassLabel(names=FASHION_MNIST_CLASSES)})
+    ds = datasets.Dataset.from_dict({"image": pixels, "label": labels.astype(np.int64)}, features=features)
+    return ImageData("fashion_mnist", split, ds.with_format("numpy"), FASHION_MNIST_CLASSES, h.hexdigest()[:16])
+
+
+def _fashion_mnist_from_hub(split: str, root: Path) -> ImageData:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset("zalando-datasets/fashion_mnist", split=split)
+    except Exception as e:
+        raise FileNotFoundError(
+            f"Fashion-MNIST is not in {root} and the hub copy could not be loaded ({type(e).__name__}). "
+            "Install the Debian package: apt-get install dataset-fashion-mnist"
+        ) from e
+    return ImageData("fashion_mnist", split, ds, ds.features["label"].names, ds._fingerprint)
+
+
+def imagenet_classnames() -> list[str]:
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES)
+
+
+def load_imagenet(split: str, root: str | os.PathLike | None = None) -> ImageData:
+    """ImageNet-1k "train" or "validation": from `root` (or $VITCLIP_IMAGENET_DIR) in ImageFolder layout,
+    else from the Hugging Face hub cache (ILSVRC/imagenet-1k)."""
+    import datasets
+
+    root = root or os.environ.get(IMAGENET_ENV)
+    if root:
+        folder = Path(root) / ("train" if split == "train" else "val")
+        if not folder.is_dir():
+            raise FileNotFoundError(f"ImageNet folder {folder} does not exist: {root} must hold train/ and val/, "
+                                    "one sub-folder per class id (n01440764, ...)")
+        ds = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+        wnids = ds.features["label"].names
+        names = imagenet_classnames() if len(wnids) == 1000 else wnids
+        h = hashlib.sha256()
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                h.update(f"{p.relative_to(folder)}:{p.stat().st_size}".encode())
+        return ImageData("imagenet", split, ds, names, h.hexdigest()[:16])
+    try:
+        ds = datasets.load_dataset("ILSVRC/imagenet-1k", split=split)
+    except Exception as e:
+        raise FileNotFoundError(
+            "ImageNet-1k is not available. Provide it either (1) as a local folder in ImageFolder layout "
+            f"(train/ and val/, one sub-folder per class id) named by {IMAGENET_ENV} or the suite config "
+            "(imagenet_dir), or (2) through the Hugging Face hub: accept the terms of ILSVRC/imagenet-1k, log in, "
+            f"and fill the cache once online (HF_DATASETS_OFFLINE=0). Cause: {type(e).__name__}: {e}"
+        ) from e
+    return ImageData("imagenet", split, ds, imagenet_classnames(), ds._fingerprint)
+
+
+def load(name: str, split: str, **kwargs) -> ImageData:
+    loaders = {"fashion_mnist": load_fashion_mnist, "imagenet": load_imagenet}
+    if name not in loaders:
+        raise ValueError(f"unknown data set {name!r}: choose from {', '.join(loaders)}")
+    return loaders[name](split, **kwargs)
+
+
+def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of `per_class` examples of every class, drawn with a fixed seed, in increasing order.
+
+    The first k of each class's permutation are taken, so a smaller subset is inside every larger one
+    drawn with the same seed (nested subsets)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if per_class > len(idx):
+            raise ValueError(f"class {c} has {len(idx)} examples, fewer than the {per_class} asked for")
+        chosen.append(idx[rng.permutation(len(idx))[:per_class]])
+    return np.sort(np.concatenate(chosen))
+
+
+def to_pil(image) -> Image.Image:
+    """A PIL RGB image from a PIL image, a (H, W) / (H, W, C) uint8 array, or datasets' {"bytes","path"}."""
+    if isinstance(image, dict):  # an undecoded datasets.Image
+        image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image.astype(np.uint8, copy=False))  # datasets' numpy format widens to int64
+    image.load()  # decode now, so that a corrupt file fails here
+    return image.convert("RGB")  # grayscale becomes 3 identical channels
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(transformed image, label, index) for the rows `indices` of an ImageData; None for an unreadable image."""
+
+    def __init__(self, data: ImageData, transform, indices: np.ndarray | None = None):
+        import datasets
+
+        self.ds = data.dataset
+        if isinstance(self.ds.features["image"], datasets.Image):  # decode ourselves, to catch corrupt files
+            self.ds = self.ds.cast_column("image", datasets.Image(decode=False))
+        self.transform = transform
+        self.indices = np.arange(len(data)) if indices is None else np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        idx = int(self.indices[i])
+        row = self.ds[idx]
+        try:
+            image = self.transform(to_pil(row["image"]))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated / corrupt files
+            name = row["image"].get("path") if isinstance(row["image"], dict) else idx
+            return None, idx, f"{name}: {type(e).__name__}: {e}"
+        return image, int(row["label"]), idx
+
+
+def collate(batch):
+    """Stack the readable examples; return the unreadable ones' messages beside them."""
+    good = [b for b in batch if b[0] is not None]
+    bad = [b[2] for b in batch if b[0] is None]
+    if not good:
+        return None, None, None, bad
+    images, labels, idx = zip(*good)
+    return torch.stack(images), torch.tensor(labels), torch.tensor(idx), bad

@@ -1,0 +1,189 @@
+"""The data-scale suite: a ViT and a CNN trained from scratch on nested subsets, accuracy against size.
+
+Each unit is one (architecture, subset size, seed): it trains, evaluates on the test subset, saves its
+checkpoint under the cache folder and returns its row; the runner stores the row at once, so a killed run
+resumes at the first unfinished unit and a rerun with nothing changed trains nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import data as data_lib
+from ..cnn import SmallResNet
+from ..reference.vit import ViT, ViTConfig
+from ..results import stable_hash
+from ..runner import Context, Table
+from ..train import Recipe, accuracy, flops_per_image, train
+
+_DATA: dict = {}
+
+
+def build(arch: dict) -> torch.nn.Module:
+    """An architecture from its declaration: {"kind": "reference_vit" | "timm_vit" | "resnet", ...}."""
+    kind, kw = arch["kind"], arch["kwargs"]
+    if kind == "reference_vit":
+        return ViT(ViTConfig(**kw))
+    if kind == "timm_vit":
+        import timm.models.vision_transformer as tv
+
+        return tv.VisionTransformer(**kw)
+    if kind == "resnet":
+        return SmallResNet(**kw)
+    raise ValueError(f"unknown architecture kind {kind!r}: use reference_vit, timm_vit or resnet")
+
+
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel mean and standard deviation
+
+
+def _tensors(data: data_lib.ImageData, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows idx as (N, 1, H, W) float tensors normalised with Fashion-MNIST's mean/std, and labels."""
+    x = torch.from_numpy(np.asarray(data.dataset[idx]["image"], dtype=np.float32) / 255.0)
+    return ((x - MEAN) / STD)[:, None], torch.from_numpy(np.asarray(data.labels[idx]))
+
+
+def transform(image) -> torch.Tensor:
+    """The preprocessing the data-scale models were trained with, for one PIL image: (1, H, W)."""
+    x = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
+    return ((x - MEAN) / STD)[None]
+
+
+def _load(config: dict, seed: int):
+    key = (config["data"]["name"], seed)
+    if key not in _DATA:
+        d = config["data"]
+        train_set, test_set = data_lib.load(d["name"], "train"), data_lib.load(d["name"], "test")
+        test_idx = data_lib.balanced_subset(test_set.labels, d["test_per_class"], seed=0)
+        _DATA[key] = (train_set, _tensors(test_set, test_idx))
+    return _DATA[key]
+
+
+def units(config: dict, ctx: Context) -> list[str]:
+    out = []
+    for arch in config["architectures"]:
+        sizes = arch.get("sizes", config["sizes_per_class"])
+        out += [f"{arch['id']}:{n}:{s}" for n in sizes for s in config["seeds"]]
+    return out
+
+
+def checkpoint_path(cache_dir: Path, config: dict, unit: str) -> Path:
+    return Path(cache_dir) / "checkpoints" / "data_scale" / stable_hash([config, unit]) / "model.pt"
+
+
+def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
+    arch_id, per_class, seed = unit.split(":")
+    per_class, seed = int(per_class), int(seed)
+    arch = next(a for a in config["architectures"] if a["id"] == arch_id)
+    train_set, (x_test, y_test) = _load(config, ctx.seed)
+    # nested: the subset drawn with the data seed is a prefix of each class's permutation, so every smaller
+    # subset lies inside every larger one; the seed below varies initialisation and batch order only
+    idx = data_lib.balanced_subset(train_set.labels, per_class, seed=config["data"]["subset_seed"])
+    x, y = _tensors(train_set, idx)
+    recipe = Recipe(**config["recipe"])
+    torch.manual_seed(seed)
+    model = build(arch).to(ctx.device)
+    stats = train(model, x.to(ctx.device), y.to(ctx.device), recipe, seed=seed,
+                  desc=f"{arch_id} n={len(idx)} seed={seed}")
+    acc = accuracy(model, x_test.to(ctx.device), y_test.to(ctx.device))
+    path = checkpoint_path(ctx.cache_dir, config, unit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"arch": arch, "state_dict": model.state_dict(), "unit": unit}, tmp)
+    tmp.replace(path)
+    return [{
+        "architecture": arch_id, "kind": arch["kind"], "train_images": len(idx), "per_class": per_class,
+        "fraction": len(idx) / len(train_set), "seed": seed, "test_accuracy": acc, "test_images": len(y_test),
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_per_image": flops_per_image(model, tuple(x.shape[1:])),
+        "steps": recipe.steps, "epochs": recipe.steps * recipe.batch_size / len(idx), **stats,
+        "checkpoint": str(path),
+    }]
+
+
+def _t975(n: int) -> float:
+    """Student's t quantile for a 95% two-sided interval with n - 1 degrees of freedom."""
+    table = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
+    return table.get(n, 1.96)
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (arch, n), g in runs.groupby(["architecture", "train_images"]):
+        acc = g["test_accuracy"].to_numpy()
+        half = _t975(len(acc)) * acc.std(ddof=1) / math.sqrt(len(acc)) if len(acc) > 1 else float("nan")
+        rows.append({"architecture": arch, "train_images": n, "fraction": g["fraction"].iloc[0], "seeds": len(acc),
+                     "accuracy_mean": acc.mean(), "ci95_low": acc.mean() - half, "ci95_high": acc.mean() + half,
+                     "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
+                     "params": g["params"].iloc[0], "flops_per_image": g["flops_per_image"].iloc[0],
+                     "steps": g["steps"].iloc[0], "epochs": g["epochs"].iloc[0],
+                     "train_seconds_mean": g["train_seconds"].mean()})
+    return pd.DataFrame(rows).sort_values(["architecture", "train_images"]).reset_index(drop=True)
+
+
+def finding(s: pd.DataFrame, vit: str, cnn: str) -> str:
+    """One or two sentences on the curves, computed from the table, whatever they show."""
+    a = s[s.architecture == vit].set_index("train_images")["accuracy_mean"]
+    b = s[s.architecture == cnn].set_index("train_images")["accuracy_mean"]
+    common = sorted(set(a.index) & set(b.index))
+    if not common:
+        return ""
+    diff = [(n, a[n] - b[n]) for n in common]
+    crossings = [(n0, n1) for (n0, d0), (n1, d1) in zip(diff, diff[1:]) if (d0 < 0) != (d1 < 0)]
+    lead = ", ".join(f"{n}: {d:+.1f}" for n, d in diff)
+    if crossings:
+        where = "; ".join(f"between {n0} and {n1} training images" for n0, n1 in crossings)
+        return f"The curves cross {where} (ViT minus CNN accuracy, points, by training-set size: {lead})."
+    ahead = cnn if diff[0][1] < 0 else vit
+    trend = "narrows" if abs(diff[-1][1]) < abs(diff[0][1]) else "does not narrow"
+    return (f"{ahead} is ahead at every size measured, and its lead {trend} as data grows "
+            f"(ViT minus CNN accuracy, points, by training-set size: {lead}).")
+
+
+def plot(s: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for arch, g in s.groupby("architecture"):
+        ax.plot(g["train_images"], g["accuracy_mean"], marker="o", label=arch)
+        ax.fill_between(g["train_images"], g["ci95_low"], g["ci95_high"], alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy against training-set size (mean, 95% interval over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def tables(rows: list[dict], config: dict) -> list[Table]:
+    runs = pd.DataFrame(rows)
+    s = summary(runs)
+    text = finding(s, config["compare"][0], config["compare"][1])
+    r = config["recipe"]
+    notes = (f"Recipe for every architecture: AdamW (lr {r['lr']}, weight decay {r['weight_decay']}), "
+             f"{r['warmup']:.0%} linear warm-up then cosine decay, batch {r['batch_size']}, label smoothing "
+             f"{r['label_smoothing']}, random crop (pad {r['pad']}) and flip. Step policy: every run takes the "
+             f"same {r['steps']} optimisation steps whatever the subset size, so small subsets are seen for many "
+             "epochs and large ones for few (equal compute per point). Nested, class-balanced subsets of the "
+             f"training set; test accuracy on {int(runs['test_images'].iloc[0])} balanced test images; 95% "
+             "intervals from Student's t over seeds. " + config.get("notes", "") + "\n\n**Finding:** " + text)
+    return [
+        Table("data_scale", s, "ViT vs CNN: accuracy against training-set size",
+              f"ViT-vs-CNN accuracy against training-set size; plot: data_scale.png. {text}",
+              ["architecture", "train_images", "seeds", "accuracy_mean", "ci95_low", "ci95_high", "params",
+               "flops_per_image", "steps", "epochs", "train_seconds_mean"],
+              notes + "\n\n![accuracy against training-set size](data_scale.png)", plot=plot),
+        Table("data_scale_runs", runs, "Data-scale suite: every training run",
+              "every (architecture, size, seed) run of the data-scale suite, with its checkpoint",
+              ["architecture", "train_images", "seed", "test_accuracy", "final_loss", "epochs", "train_seconds"]),
+    ]

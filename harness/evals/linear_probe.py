@@ -1,0 +1,99 @@
+"""The linear-probe suite: frozen features of each model -> harness.linear_probe -> accuracy rows.
+
+A model with "with_reference": true is probed twice, as the library model and as the reference model
+converted from it (same weights, same preprocessing), and the two are compared image by image.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from .. import data as data_lib
+from ..adapters import Encoder, load_encoder, reference
+from ..features import extract
+from ..linear_probe import linear_probe, sklearn_probe
+from ..runner import Context, Table
+
+
+def units(config: dict, ctx: Context) -> list[str]:
+    return [f"probe:{m['id']}" for m in config["models"]]
+
+
+def _load_data(config: dict, seed: int):
+    d = config["data"]
+    kwargs = {"root": d["imagenet_dir"]} if d.get("imagenet_dir") else {}
+    train = data_lib.load(d["name"], d["train_split"], **kwargs)
+    test = data_lib.load(d["name"], d["test_split"], **kwargs)
+    train_idx = (data_lib.balanced_subset(train.labels, d["train_per_class"], seed)
+                 if d.get("train_per_class") else None)
+    test_idx = data_lib.balanced_subset(test.labels, d["test_per_class"], seed) if d.get("test_per_class") else None
+    return train, test, train_idx, test_idx
+
+
+def _probe(encoder: Encoder, config: dict, ctx: Context, datasets) -> tuple[dict, np.ndarray]:
+    train, test, train_idx, test_idx = datasets
+    cache = ctx.cache_dir if ctx.use_cache else None
+    common = dict(model_id=encoder.id, weights=encoder.weights, device=ctx.device, cache_dir=cache,
+                  batch_size=config.get("batch_size", 256))
+    t0 = time.perf_counter()
+    encoder.module.eval()
+    ftr = extract(encoder.encode, train, encoder.transform, indices=train_idx, desc=f"{encoder.id} train", **common)
+    fte = extract(encoder.encode, test, encoder.transform, indices=test_idx, desc=f"{encoder.id} test", **common)
+    t1 = time.perf_counter()
+    res = linear_probe(ftr.features, ftr.labels, fte.features, fte.labels, num_classes=len(train.classnames),
+                       seed=ctx.seed, device=ctx.device, val_fraction=config.get("val_fraction", 0.1))
+    t2 = time.perf_counter()
+    sk_top1, _ = sklearn_probe(ftr.features, ftr.labels, fte.features, fte.labels, res.strength)
+    t3 = time.perf_counter()
+    row = {
+        "model": encoder.id, "library": encoder.library, "dataset": train.name,
+        "train_images": len(ftr.labels), "test_images": len(fte.labels), "feature_dim": ftr.features.shape[1],
+        "top1": res.top1, "top1_ci_low": res.top1_ci[0], "top1_ci_high": res.top1_ci[1], "top5": res.top5,
+        "mean_per_class_recall": res.mean_per_class_recall, "strength": res.strength,
+        "sklearn_top1": sk_top1, "sklearn_diff": res.top1 - sk_top1,
+        "skipped_images": len(ftr.skipped) + len(fte.skipped),
+        "feature_chunks_reused": ftr.from_cache + fte.from_cache,
+        "feature_chunks_computed": ftr.computed + fte.computed,
+        "extract_seconds": t1 - t0, "probe_seconds": t2 - t1, "sklearn_seconds": t3 - t2,
+        "weights_hash": encoder.weights,
+    }
+    return row, res.predictions
+
+
+def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
+    model_id = unit.partition(":")[2]
+    spec = next(m for m in config["models"] if m["id"] == model_id)
+    datasets = _load_data(config, ctx.seed)
+    encoder = load_encoder(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
+    published = config.get("published", {}).get(model_id, {})
+    row, pred = _probe(encoder, config, ctx, datasets)
+    weights = spec.get("weights", "random") if spec["library"] != "data_scale" else f"trained ({spec['unit']})"
+    rows = [{**row, "weights": weights, **published}]
+    if spec.get("with_reference"):
+        ref_row, ref_pred = _probe(reference(encoder), config, ctx, datasets)
+        ref_row["prediction_agreement"] = float((ref_pred == pred).mean())
+        rows.append({**ref_row, "weights": weights, **published})
+    return rows
+
+
+def tables(rows: list[dict], config: dict) -> list[Table]:
+    df = pd.DataFrame(rows)
+    if "published_top1" in df:
+        df["diff_vs_published"] = df["top1"] - df["published_top1"]
+    cols = ["model", "library", "weights", "dataset", "train_images", "test_images", "top1", "top1_ci_low",
+            "top1_ci_high", "top5", "mean_per_class_recall", "strength", "sklearn_top1", "sklearn_diff",
+            "prediction_agreement", "published_top1", "diff_vs_published", "published_source", "skipped_images",
+            "extract_seconds", "probe_seconds"]
+    d = config["data"]
+    notes = (f"Linear probe (CLIP paper protocol: L2-regularised logistic regression, L-BFGS, λ chosen on a "
+             f"{config.get('val_fraction', 0.1):.0%} validation split of train) on frozen features of "
+             f"{d['name']}. `sklearn_top1`: scikit-learn's LogisticRegression(solver='lbfgs') on the same "
+             "features with the same λ. `prediction_agreement`: fraction of test images on which the reference "
+             "model and the library model it was converted from predict the same class. "
+             + config.get("notes", ""))
+    return [Table("linear_probe", df, f"Linear probe on {d['name']}",
+                  "linear-probe accuracy of timm, open_clip and reference models on frozen features",
+                  [c for c in cols if c in df], notes)]

@@ -1,0 +1,109 @@
+"""Supervised training from scratch with one recipe for every architecture.
+
+Recipe: AdamW, linear warm-up then cosine decay to zero, label-smoothed cross-entropy, the same
+augmentation for every model (random crop with 2-pixel padding and horizontal flip), a fixed number
+of optimisation steps (a stated policy, see the data-scale suite), fixed seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class Recipe:
+    steps: int = 300  # optimisation steps
+    batch_size: int = 128
+    lr: float = 2e-3  # peak learning rate
+    weight_decay: float = 0.05
+    warmup: float = 0.1  # fraction of the steps spent warming up
+    label_smoothing: float = 0.1
+    pad: int = 2  # random-crop padding, in pixels (0: no crop)
+    flip: bool = True  # random horizontal flip
+
+
+def lr_at(step: int, recipe: Recipe) -> float:
+    warm = max(1, int(recipe.warmup * recipe.steps))
+    if step < warm:
+        return recipe.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, recipe.steps - warm)
+    return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def augment(x: torch.Tensor, recipe: Recipe, g: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding) and horizontal flip, drawn per image from the generator."""
+    B, C, H, W = x.shape
+    if recipe.pad:
+        p = recipe.pad
+        padded = F.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (B,), generator=g)
+        dx = torch.randint(0, 2 * p + 1, (B,), generator=g)
+        rows = (dy[:, None] + torch.arange(H)[None]).to(x.device)  # (B, H)
+        cols = (dx[:, None] + torch.arange(W)[None]).to(x.device)  # (B, W)
+        b = torch.arange(B, device=x.device)[:, None, None, None]
+        c = torch.arange(C, device=x.device)[None, :, None, None]
+        x = padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W) shifted crops
+    if recipe.flip:
+        flip = (torch.rand(B, generator=g) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, seed: int,
+          desc: str = "train") -> dict:
+    """Train on (images, labels) held in memory (N, C, H, W) for recipe.steps steps. Returns loss and time."""
+    g = torch.Generator().manual_seed(seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n and "cls_token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n
+                                                                and "cls_token" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.999))
+    model.train()
+    n = len(images)
+    order, pos = torch.randperm(n, generator=g), 0
+    start, losses = time.perf_counter(), []
+    bar = tqdm(range(recipe.steps), desc=desc, unit="step", dynamic_ncols=True, leave=False)
+    for step in bar:
+        if pos + recipe.batch_size > n:  # a new epoch: reshuffle
+            order, pos = torch.randperm(n, generator=g), 0
+        idx = order[pos: pos + min(recipe.batch_size, n)]
+        pos += len(idx)
+        x = augment(images[idx], recipe, g)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, recipe)
+        loss = F.cross_entropy(model(x), labels[idx], label_smoothing=recipe.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 10 == 0 or step == recipe.steps - 1:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    model.eval()
+    return {"final_loss": float(np.mean(losses[-20:])), "train_seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        correct += (model(images[i: i + batch_size]).argmax(-1) == labels[i: i + batch_size]).sum().item()
+    return 100.0 * correct / len(images)
+
+
+def flops_per_image(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Forward FLOPs for one image, counted by torch's FlopCounterMode (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, *shape, device=next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return int(counter.get_total_flops())

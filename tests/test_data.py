@@ -1,0 +1,80 @@
+"""The data layer on real data: Fashion-MNIST from Debian's package, and an ImageFolder written here."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harness import data
+from harness.features import extract
+
+
+@pytest.fixture(scope="module")
+def fmnist_test():
+    return data.load_fashion_mnist("test")
+
+
+def test_fashion_mnist_from_debian_package(fmnist_test):
+    import datasets
+
+    assert len(fmnist_test) == 10_000
+    assert fmnist_test.classnames[7] == "Sneaker"
+    assert isinstance(fmnist_test.dataset.features["label"], datasets.ClassLabel)
+    assert np.bincount(fmnist_test.labels).tolist() == [1000] * 10
+    image = data.to_pil(fmnist_test.dataset[0]["image"])
+    assert image.size == (28, 28) and image.mode == "RGB"  # grayscale becomes 3 channels
+    assert data.load_fashion_mnist("test").fingerprint == fmnist_test.fingerprint
+
+
+def test_missing_fashion_mnist_names_the_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        data.load_fashion_mnist("test", root=tmp_path)
+    with pytest.raises(ValueError, match="splits 'train' and 'test'"):
+        data.load_fashion_mnist("validation")
+
+
+def test_balanced_subsets_are_nested_and_balanced(fmnist_test):
+    small = data.balanced_subset(fmnist_test.labels, 10, seed=0)
+    large = data.balanced_subset(fmnist_test.labels, 50, seed=0)
+    assert np.bincount(fmnist_test.labels[small]).tolist() == [10] * 10
+    assert set(small) <= set(large)
+    with pytest.raises(ValueError, match="fewer than"):
+        data.balanced_subset(fmnist_test.labels, 2000, seed=0)
+
+
+def write_image_folder(root, classes=("n01440764", "n01443537", "n01484850"), per_class=4, corrupt=True):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            folder = root / split / c
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{c}_{i}.png")
+    if corrupt:
+        (root / "val" / classes[0] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+
+
+def test_imagenet_from_a_local_image_folder(tmp_path):
+    write_image_folder(tmp_path)
+    train = data.load_imagenet("train", root=tmp_path)
+    val = data.load_imagenet("validation", root=tmp_path)
+    assert len(train) == 12 and len(val) == 13
+    assert train.classnames == ["n01440764", "n01443537", "n01484850"]  # a 1000-class folder gets open_clip's names
+    assert train.fingerprint != val.fingerprint
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path):
+    write_image_folder(tmp_path)
+    val = data.load_imagenet("validation", root=tmp_path)
+    transform = lambda im: torch.from_numpy(np.asarray(im.resize((8, 8)), dtype=np.float32)).permute(2, 0, 1)  # noqa: E731
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        feats = extract(lambda x: x.flatten(1), val, transform, model_id="pixels", weights="none", batch_size=4)
+    assert len(feats.labels) == 12 and len(feats.skipped) == 1 and "broken.png" in feats.skipped[0]
+
+
+def test_missing_imagenet_names_both_ways(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.IMAGENET_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match="ImageFolder layout.*Hugging Face hub"):
+        data.load_imagenet("validation")
+    with pytest.raises(FileNotFoundError, match="must hold train/ and val/"):
+        data.load_imagenet("validation", root=tmp_path)

@@ -1,0 +1,89 @@
+"""The data-scale suite end to end on a tiny declared config: real training, real data, a few steps."""
+
+import textwrap
+
+import pandas as pd
+import torch
+
+from harness import cli
+from harness.cnn import SmallResNet
+from harness.evals import data_scale
+from harness.train import Recipe, augment, lr_at
+
+SUITE = '''
+"""Data scale, tiny (test suite)."""
+NAME = "tiny_scale"
+VERSION = 1
+EVALUATOR = "data_scale"
+VIT = dict(image_size=28, patch_size=7, in_chans=1, num_classes=10, width=32, depth=1, mlp_dim=64, heads=2)
+
+def get_config(profile):
+    return {"data": {"name": "fashion_mnist", "test_per_class": 20, "subset_seed": 0},
+            "sizes_per_class": [5, 20], "seeds": [0, 1],
+            "architectures": [
+                {"id": "vit", "kind": "reference_vit", "kwargs": VIT},
+                {"id": "cnn", "kind": "resnet", "kwargs": {"in_chans": 1, "widths": [8, 16, 16]}},
+                {"id": "vit_timm", "kind": "timm_vit", "sizes": [20],
+                 "kwargs": {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "embed_dim": 32,
+                            "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}],
+            "compare": ["vit", "cnn"],
+            "recipe": {"steps": 8, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.25,
+                       "label_smoothing": 0.1, "pad": 2, "flip": True}}
+'''
+
+
+def test_data_scale_suite_end_to_end_and_resume(tmp_path, capsys):
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "tiny_scale.py").write_text(textwrap.dedent(SUITE))
+    out = tmp_path / "out"
+    args = ["run", "tiny_scale", "--device", "cpu", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+            "--suites-dir", str(suites)]
+    assert cli.main(args) == 0
+    runs = pd.read_csv(out / "data_scale_runs.csv")
+    assert len(runs) == 2 * (2 * 2) + 2  # vit and cnn: 2 sizes × 2 seeds each; timm: 1 size × 2 seeds
+    assert set(runs["train_images"]) == {50, 200}
+    assert runs["test_accuracy"].between(0, 100).all()
+    summary = pd.read_csv(out / "data_scale.csv")
+    assert (summary["seeds"] == 2).all() and (summary["ci95_low"] <= summary["accuracy_mean"]).all()
+    assert (out / "data_scale.png").stat().st_size > 1000
+    assert "data_scale" in (out / "README.md").read_text()
+    assert "Finding:" in (out / "data_scale.md").read_text()
+    ckpt = torch.load(runs["checkpoint"].iloc[0], weights_only=False)
+    assert "state_dict" in ckpt
+
+    capsys.readouterr()
+    assert cli.main(args) == 0  # nothing changed: every run is reused, none retrained
+    assert "reused 10 of 10" in capsys.readouterr().out
+    again = pd.read_csv(out / "data_scale_runs.csv")
+    pd.testing.assert_series_equal(again["test_accuracy"], runs["test_accuracy"])
+
+
+def test_same_seed_same_numbers(tmp_path):
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    accs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = SmallResNet(1, 10, (8, 8, 8))
+        data_scale.train(model, x, y, Recipe(steps=3, batch_size=16), seed=3)
+        accs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*accs))
+
+
+def test_schedule_and_augmentation():
+    r = Recipe(steps=100, lr=1.0, warmup=0.1)
+    assert lr_at(0, r) == 0.1 and lr_at(9, r) == 1.0 and lr_at(99, r) < 0.01
+    x = torch.arange(2 * 28 * 28, dtype=torch.float32).reshape(2, 1, 28, 28)
+    out = augment(x, Recipe(pad=2, flip=True), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.equal(augment(x, Recipe(pad=0, flip=False), torch.Generator()), x)  # no augmentation: unchanged
+    assert out.abs().sum() <= x.abs().sum()  # a shifted crop with zero padding only drops pixels
+
+
+def test_finding_says_where_curves_cross():
+    s = pd.DataFrame({"architecture": ["v", "v", "c", "c"], "train_images": [10, 100, 10, 100],
+                      "accuracy_mean": [50.0, 80.0, 60.0, 70.0]})
+    assert "cross between 10 and 100" in data_scale.finding(s, "v", "c")
+    s["accuracy_mean"] = [50.0, 65.0, 60.0, 70.0]
+    text = data_scale.finding(s, "v", "c")
+    assert "c is ahead at every size" in text and "narrows" in text
