@@ -129,7 +129,7 @@ def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: 
     prov.update(suite=suite.NAME, suite_version=suite.VERSION, profile=profile)
     written, index = [], {}
     for table in evaluator.tables(rows, config):
-        df = table.df.assign(**prov)
+        df = table.df.assign(**{k: v for k, v in prov.items() if k not in table.df})  # a row's own seed stays
         written += results.write_table(df, out_dir, table.name, table.title, table.md_columns, table.notes)
         if table.plot is not None:
             written.append(results.atomic_write_figure(lambda path, t=table, d=df: t.plot(d, path),

@@ -43,6 +43,7 @@ def test_data_scale_suite_end_to_end_and_resume(tmp_path, capsys):
     runs = pd.read_csv(out / "data_scale_runs.csv")
     assert len(runs) == 2 * (2 * 2) + 2  # vit and cnn: 2 sizes × 2 seeds each; timm: 1 size × 2 seeds
     assert set(runs["train_images"]) == {50, 200}
+    assert runs.groupby(["architecture", "train_images"])["seed"].nunique().eq(2).all()
     assert runs["test_accuracy"].between(0, 100).all()
     summary = pd.read_csv(out / "data_scale.csv")
     assert (summary["seeds"] == 2).all() and (summary["ci95_low"] <= summary["accuracy_mean"]).all()

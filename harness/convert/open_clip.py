@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..reference.clip import CLIP, CLIPConfig, CLIPTextConfig, clip_vision_config
-from .timm import ConversionError, UnsupportedModelError
+from .timm import ConversionError, UnsupportedModelError, materialize
 
 # Derived buffers that some checkpoints carry and the reference recomputes (the text tower's causal mask).
 IGNORED = {"attn_mask"}
@@ -164,10 +164,6 @@ def config_from_open_clip(model: nn.Module) -> CLIPConfig:
 def from_open_clip(model: nn.Module) -> CLIP:
     """A reference CLIP carrying an open_clip CLIP's weights, on its device and dtype, in eval mode."""
     config = config_from_open_clip(model)
-    with torch.device("meta"):
-        ref = CLIP(config)
-    weights = convert_state_dict(model.state_dict(), config)
-    ref.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, strict=True, assign=True)
-    return ref.eval()
+    return materialize(CLIP, config, convert_state_dict(model.state_dict(), config))
 
 

@@ -167,9 +167,13 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: ViTConfig) -
 def from_timm(model: nn.Module) -> ViT:
     """A reference ViT carrying a timm VisionTransformer's weights, on its device and dtype, in eval mode."""
     config = config_from_timm(model)
+    return materialize(ViT, config, convert_state_dict(model.state_dict(), config))
+
+
+def materialize(cls, config, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """cls(config) built without initialising, carrying copies of `weights` (device and dtype as given), in eval
+    mode; copies, so that training one model never changes the other."""
     with torch.device("meta"):
-        ref = ViT(config)
-    weights = convert_state_dict(model.state_dict(), config)
-    # copies, so that training one model never changes the other
-    ref.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, strict=True, assign=True)
-    return ref.eval()
+        model = cls(config)
+    model.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, strict=True, assign=True)
+    return model.eval()
