@@ -35,6 +35,7 @@ def run(args, capsys):
     return code, capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_run_writes_tables_and_second_run_reuses_cache(tmp_path, suites_dir, capsys):
     out, cache = tmp_path / "results", tmp_path / "cache"
     args = ["run", "tiny_agreement", "--device", "cpu", "--out", str(out), "--cache-dir", str(cache),

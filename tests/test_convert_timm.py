@@ -28,7 +28,8 @@ def check_agreement(model, image_size):
 
 
 @pytest.mark.parametrize("name", [
-    "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224",
+    "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
+    pytest.param("vit_large_patch16_224", marks=pytest.mark.slow),
     "vit_base_patch32_224", "deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224",
     "vit_base_patch16_gap_224",
     # ViT-family models the agreement suite does not list
@@ -41,6 +42,7 @@ def test_from_timm_agrees(name):
     check_agreement(model, size)
 
 
+@pytest.mark.slow
 def test_from_timm_384_model():
     model = timm.create_model("vit_base_patch16_384", depth=1).eval()
     check_agreement(model, 384)

@@ -3,6 +3,7 @@
 import textwrap
 
 import pandas as pd
+import pytest
 import torch
 
 from harness import cli
@@ -32,6 +33,7 @@ def get_config(profile):
 '''
 
 
+@pytest.mark.slow
 def test_data_scale_suite_end_to_end_and_resume(tmp_path, capsys):
     suites = tmp_path / "suites"
     suites.mkdir()

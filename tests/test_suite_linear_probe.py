@@ -3,6 +3,7 @@
 import textwrap
 
 import pandas as pd
+import pytest
 
 from harness import cli
 
@@ -22,6 +23,7 @@ def get_config(profile):
 '''
 
 
+@pytest.mark.slow
 def test_linear_probe_suite_end_to_end(tmp_path, capsys):
     suites = tmp_path / "suites"
     suites.mkdir()
