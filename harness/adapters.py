@@ -38,7 +38,7 @@ def _timm_features(model: nn.Module) -> Callable:
 
 def _data_scale_encoder(spec: dict, device, cache_dir) -> Encoder:
     from .evals import data_scale
-    from .runner import load_suite
+    from .suite import load_suite
 
     config = load_suite("data_scale").get_config("default")
     path = data_scale.checkpoint_path(cache_dir, config, spec["unit"])

@@ -92,7 +92,7 @@ def extract(
     indices = np.arange(len(data)) if indices is None else np.asarray(indices)
     key = stable_hash({"model": model_id, "weights": weights, "data": data.fingerprint, "split": data.split,
                        "indices": hashlib.sha256(indices.tobytes()).hexdigest(), "transform": repr(transform),
-                       "dtype": str(dtype), "code": code_hash()})
+                       "dtype": str(dtype), "code": code_hash("harness.features", "harness.adapters")})
     folder = cache_dir / "features" / key if cache_dir else None
     dataset = ImageDataset(data, transform, indices)
     chunks = [range(s, min(s + chunk_size, len(indices))) for s in range(0, len(indices), chunk_size)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -49,10 +51,55 @@ def stable_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def code_hash() -> str:
-    """Hash of the harness source: cached results computed by other code are not reused."""
+def _module_file(name: str) -> Path | None:
+    """The source file of harness module `name` ("harness.evals.agreement"), None if not one of ours."""
+    parts = name.split(".")
+    if parts[0] != "harness":
+        return None
+    base = REPO_ROOT.joinpath(*parts)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.exists():
+            return path
+    return None
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """harness modules that the module `name` at `path` imports anywhere in its body (top level or inside a
+    function), with the packages above them (whose __init__ runs first)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+                else node.module
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from .. import data`
+    out = set()
+    for mod in found:
+        parts = mod.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {m for m in out if _module_file(m) is not None}
+
+
+def code_hash(*modules: str) -> str:
+    """Hash of the source of the given harness modules and every harness module they import, transitively
+    (all of harness/ when none is given): a cached result is reused only while the code that produced it is
+    unchanged, and a change elsewhere in harness/ does not invalidate it."""
+    if modules:
+        todo, seen = [m for m in modules], set()
+        while todo:
+            mod = todo.pop()
+            if mod in seen or _module_file(mod) is None:
+                continue
+            seen.add(mod)
+            todo += _imports(mod, _module_file(mod))
+        paths = sorted({_module_file(m) for m in seen})
+    else:
+        paths = sorted((REPO_ROOT / "harness").rglob("*.py"))
     h = hashlib.sha256()
-    for path in sorted((REPO_ROOT / "harness").rglob("*.py")):
+    for path in paths:
         h.update(path.relative_to(REPO_ROOT).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]

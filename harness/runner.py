@@ -8,8 +8,9 @@ get_config(profile) -> dict. An evaluator module provides
     tables(rows, config) -> list[Table]          pandas tables built from all the rows
 
 Finished units are saved at once (atomically) under the cache folder, keyed by the suite's config,
-version, the harness source and the device: an interrupted run resumes where it stopped and a
-rerun with nothing changed recomputes nothing.
+version, the source of the evaluator and of every harness module it imports, and the device: an
+interrupted run resumes where it stopped, a rerun with nothing changed recomputes nothing, and a change to
+code a suite does not use leaves its cache valid.
 """
 
 from __future__ import annotations
@@ -19,59 +20,15 @@ import importlib.util
 import json
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from . import results
+from .suite import DEFAULT_CACHE, SUITES_DIR, Context, Table, load_suite, suite_names  # noqa: F401
 
-SUITES_DIR = results.REPO_ROOT / "suites"
-DEFAULT_CACHE = Path.home() / ".cache" / "vitclip-harness"
 PROFILES = ("default", "full")
-
-
-@dataclass
-class Context:
-    device: torch.device
-    seed: int = 0
-    dtypes: list[str] | None = None  # overrides the suite's dtypes when given
-    cache_dir: Path = DEFAULT_CACHE
-    use_cache: bool = True
-    log: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Table:
-    name: str  # file stem under results/
-    df: pd.DataFrame
-    title: str
-    description: str  # one line for results/README.md
-    md_columns: list[str] | None = None
-    notes: str = ""
-    plot: Callable[[pd.DataFrame, Path], None] | None = None  # writes a figure to the given .png path
-
-
-def suite_names(suites_dir: Path = SUITES_DIR) -> list[str]:
-    return sorted(p.stem for p in suites_dir.glob("*.py") if not p.name.startswith("_"))
-
-
-def load_suite(name: str, suites_dir: Path = SUITES_DIR) -> ModuleType:
-    path = suites_dir / f"{name}.py"
-    if not path.exists():
-        raise SystemExit(f"unknown suite {name!r}: choose from {', '.join(suite_names(suites_dir))} "
-                         f"(files in {suites_dir})")
-    spec = importlib.util.spec_from_file_location(f"vitclip_suites.{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for attr in ("NAME", "VERSION", "EVALUATOR", "get_config"):
-        if not hasattr(module, attr):
-            raise SystemExit(f"suite file {path} lacks {attr}")
-    return module
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,8 +54,9 @@ def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: 
         config = {**config, "dtypes": ctx.dtypes}
     evaluator = importlib.import_module(f"harness.evals.{suite.EVALUATOR}")
 
+    code = results.code_hash(evaluator.__name__)
     key = results.stable_hash({"suite": suite.NAME, "version": suite.VERSION, "config": config, "seed": ctx.seed,
-                               "code": results.code_hash(), "device": results.device_name(ctx.device)})
+                               "code": code, "device": results.device_name(ctx.device)})
     folder = ctx.cache_dir / "units" / suite.NAME / key
     units = evaluator.units(config, ctx)
     rows: list[dict] = []

@@ -36,3 +36,18 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
 def test_config_hash_ignores_key_order():
     assert results.stable_hash({"a": 1, "b": [1, 2]}) == results.stable_hash({"b": [1, 2], "a": 1})
     assert results.stable_hash({"a": 1}) != results.stable_hash({"a": 2})
+
+
+def test_code_hash_follows_imports_and_nothing_else(tmp_path, monkeypatch):
+    # a throwaway copy of harness/ so that editing a module cannot touch the real one
+    import shutil
+
+    shutil.copytree(results.REPO_ROOT / "harness", tmp_path / "harness", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(results, "REPO_ROOT", tmp_path)
+    before = results.code_hash("harness.evals.agreement")
+    with open(tmp_path / "harness" / "linear_probe.py", "a") as f:  # agreement does not import it
+        f.write("\n# edited\n")
+    assert results.code_hash("harness.evals.agreement") == before
+    with open(tmp_path / "harness" / "reference" / "attention.py", "a") as f:  # imported via the converters
+        f.write("\n# edited\n")
+    assert results.code_hash("harness.evals.agreement") != before

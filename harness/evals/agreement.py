@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..convert.timm import convert_state_dict, from_timm
 from ..models import image_batch, load_timm, timm_transform
 from ..reference.attention import MultiHeadAttention, scaled_dot_product_attention
-from ..runner import Context, Table
+from ..suite import Context, Table
 
 TOL = {"float64": 1e-12, "float32": 1e-5}
 LOW_PRECISION = ("bfloat16", "float16")

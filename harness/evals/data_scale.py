@@ -18,7 +18,7 @@ from .. import data as data_lib
 from ..cnn import SmallResNet
 from ..reference.vit import ViT, ViTConfig
 from ..results import stable_hash
-from ..runner import Context, Table
+from ..suite import Context, Table
 from ..train import Recipe, accuracy, flops_per_image, train
 
 _DATA: dict = {}

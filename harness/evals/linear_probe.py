@@ -15,7 +15,7 @@ from .. import data as data_lib
 from ..adapters import Encoder, load_encoder, reference
 from ..features import extract
 from ..linear_probe import linear_probe, sklearn_probe
-from ..runner import Context, Table
+from ..suite import Context, Table
 
 
 def units(config: dict, ctx: Context) -> list[str]:
