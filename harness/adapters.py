@@ -41,7 +41,7 @@ def _data_scale_encoder(spec: dict, device, cache_dir) -> Encoder:
     from .suite import load_suite
 
     config = load_suite("data_scale").get_config("default")
-    path = data_scale.checkpoint_path(cache_dir, config, spec["unit"])
+    path = data_scale.checkpoint_path(cache_dir, config, spec["unit"], device)
     if not path.exists():
         raise FileNotFoundError(f"no data-scale checkpoint for {spec['unit']!r} at {path}: run "
                                 "`nox -s eval -- data_scale` first (nox -s eval runs it before linear_probe)")

@@ -128,10 +128,69 @@ def load_imagenet(split: str, root: str | os.PathLike | None = None) -> ImageDat
 
 
 def load(name: str, split: str, **kwargs) -> ImageData:
-    loaders = {"fashion_mnist": load_fashion_mnist, "imagenet": load_imagenet}
+    loaders = {"fashion_mnist": _fashion_mnist_once, "imagenet": load_imagenet}
     if name not in loaders:
         raise ValueError(f"unknown data set {name!r}: choose from {', '.join(loaders)}")
     return loaders[name](split, **kwargs)
+
+
+@functools.cache
+def _fashion_mnist_once(split: str, root: Path = FASHION_MNIST_DIR) -> ImageData:
+    """Fashion-MNIST is read from its files once per process (a few seconds) and shared by every suite."""
+    return load_fashion_mnist(split, Path(root))
+
+
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # training-set pixel mean and standard deviation
+
+
+def grayscale_tensors(data: ImageData, idx: np.ndarray, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows idx of a 28×28 grayscale data set as normalised (N, channels, H, W) float tensors, and labels:
+    the whole subset in memory, for training from scratch."""
+    x = torch.from_numpy(np.asarray(data.dataset[idx]["image"], dtype=np.float32) / 255.0)
+    x = ((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD)[:, None]
+    return x.expand(-1, channels, -1, -1).contiguous(), torch.from_numpy(np.asarray(data.labels[idx]))
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def decoded_tensors(data: ImageData, idx: np.ndarray, size: int, workers: int = 0,
+                    batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Rows idx of an image data set decoded, resized (shorter side) and centre-cropped to size × size and
+    normalised with ImageNet's mean and std: (N, 3, size, size) float32 in memory, labels, and the rows kept.
+    For training small models on data sets of JPEGs (ImageNet subsets at low resolution); unreadable images
+    are skipped (and named in a warning)."""
+    import warnings
+
+    from torchvision import transforms as T
+    from tqdm.auto import tqdm
+
+    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    loader = torch.utils.data.DataLoader(ImageDataset(data, tf, idx), batch_size=batch_size, num_workers=workers,
+                                         collate_fn=collate)
+    xs, ys, kept, bad = [], [], [], []
+    for images, labels, rows, errors in tqdm(loader, desc=f"decode {data.name} {data.split}", unit="batch",
+                                             dynamic_ncols=True, leave=False):
+        bad += errors
+        if images is not None:
+            xs.append(images)
+            ys.append(labels)
+            kept.append(rows)
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s), e.g. {bad[:3]}", stacklevel=2)
+    return torch.cat(xs), torch.cat(ys), torch.cat(kept).numpy()
+
+
+@dataclass(frozen=True)
+class GrayscaleTransform:
+    """The same preprocessing for one PIL image: (channels, H, W). A dataclass, so that its repr (part of the
+    feature-cache key) is the same in every process."""
+
+    channels: int = 1
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
+        return ((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD)[None].expand(self.channels, -1, -1).contiguous()
 
 
 def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:

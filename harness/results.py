@@ -46,6 +46,12 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def device_kind(device: torch.device | str) -> str:
+    """"cpu" or the GPU's name: what trained weights depend on (not the thread count, not the GPU index)."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def stable_hash(obj) -> str:
     """Short hash of a JSON-serialisable object, independent of key order."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -195,8 +201,9 @@ def write_index(out_dir: Path, entries: dict[str, str]) -> Path:
     known = {k: v for k, v in known.items() if (out_dir / f"{k}.csv").exists()}
     atomic_write_text(index_json, json.dumps(known, indent=1, sort_keys=True) + "\n")
     lines = ["# Results", "",
-             "Every table here is written by `nox -s eval` (or `python -m harness run SUITE`) from the code in this",
-             "repository; each row carries the git sha, library versions, device, dtype, seed and config hash.", "",
+             "Every table here is written by `nox -s eval` (or `python -m harness run SUITE`) or `nox -s bench`",
+             "(`python -m harness bench`) from the code in this repository; each row carries the git sha, library",
+             "versions, device, dtype, seed and config hash.", "",
              "| table | what it holds |", "|---|---|"]
     lines += [f"| [{k}]({k}.md) ([csv]({k}.csv)) | {v} |" for k, v in sorted(known.items())]
     path = out_dir / "README.md"

@@ -78,3 +78,12 @@ def test_missing_imagenet_names_both_ways(tmp_path, monkeypatch):
         data.load_imagenet("validation")
     with pytest.raises(FileNotFoundError, match="must hold train/ and val/"):
         data.load_imagenet("validation", root=tmp_path)
+
+
+def test_decoded_tensors_skip_a_corrupt_image(tmp_path):
+    write_image_folder(tmp_path)
+    val = data.load_imagenet("validation", root=tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        x, y, rows = data.decoded_tensors(val, np.arange(len(val)), size=8)
+    assert x.shape == (12, 3, 8, 8) and len(y) == len(rows) == 12
+    assert np.array_equal(val.labels[rows], y.numpy())  # each kept image with its own label

@@ -28,8 +28,9 @@ def get_config(profile):
                  "kwargs": {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "embed_dim": 32,
                             "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}],
             "compare": ["vit", "cnn"],
-            "recipe": {"steps": 8, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.25,
-                       "label_smoothing": 0.1, "pad": 2, "flip": True}}
+            "recipe": {"batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.25,
+                       "label_smoothing": 0.1, "pad": 2, "flip": True},
+            "step_policy": {"min_steps": 8, "epochs": 2}}
 '''
 
 
@@ -47,6 +48,8 @@ def test_data_scale_suite_end_to_end_and_resume(tmp_path, capsys):
     assert set(runs["train_images"]) == {50, 200}
     assert runs.groupby(["architecture", "train_images"])["seed"].nunique().eq(2).all()
     assert runs["test_accuracy"].between(0, 100).all()
+    # the step policy: max(8, ceil(2 epochs × n / 32)): 8 steps on 50 images, 13 on 200
+    assert runs.set_index("train_images")["steps"].groupby(level=0).first().to_dict() == {50: 8, 200: 13}
     summary = pd.read_csv(out / "data_scale.csv")
     assert (summary["seeds"] == 2).all() and (summary["ci95_low"] <= summary["accuracy_mean"]).all()
     assert (out / "data_scale.png").stat().st_size > 1000
@@ -90,3 +93,29 @@ def test_finding_says_where_curves_cross():
     s["accuracy_mean"] = [50.0, 65.0, 60.0, 70.0]
     text = data_scale.finding(s, "v", "c")
     assert "c is ahead at every size" in text and "narrows" in text
+
+
+def test_full_profile_path_on_an_image_folder(tmp_path):
+    """The ImageNet-subset path, offline: the full profile's config shrunk onto an ImageFolder written here
+    (4 classes, of which 2 are chosen)."""
+    import copy
+
+    from harness.suite import Context, load_suite
+    from tests.test_data import write_image_folder
+
+    write_image_folder(tmp_path / "imagenet", classes=("n0", "n1", "n2", "n3"), per_class=4, corrupt=False)
+    config = copy.deepcopy(load_suite("data_scale").get_config("full"))
+    config["data"].update(imagenet_dir=str(tmp_path / "imagenet"), classes=2, image_size=16, test_per_class=3,
+                          workers=0)
+    config["sizes_per_class"] = [2, 4]
+    config["architectures"][0]["kwargs"].update(image_size=16, patch_size=8, num_classes=2, width=16, depth=1,
+                                                mlp_dim=32, heads=2)
+    config["architectures"][1]["kwargs"].update(num_classes=2, widths=[4, 8, 8], blocks_per_stage=1)
+    config["architectures"] = config["architectures"][:2]
+    config["recipe"]["batch_size"] = 4
+    config["step_policy"] = {"min_steps": 2, "epochs": 1}
+    ctx = Context(device=torch.device("cpu"), cache_dir=tmp_path / "cache")
+    rows = data_scale.run_unit("resnet_small:2:0", config, ctx) + data_scale.run_unit("vit_reference:4:1", config, ctx)
+    assert [r["train_images"] for r in rows] == [4, 8]  # 2 classes × per_class
+    assert rows[0]["test_images"] == 6 and rows[0]["fraction"] == 4 / 16  # 3 of each chosen class; 16 in train/
+    assert all(0 <= r["test_accuracy"] <= 100 for r in rows)

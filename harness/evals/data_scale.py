@@ -17,11 +17,9 @@ import torch
 from .. import data as data_lib
 from ..cnn import SmallResNet
 from ..reference.vit import ViT, ViTConfig
-from ..results import stable_hash
+from ..results import device_kind, stable_hash
 from ..suite import Context, Table
 from ..train import Recipe, accuracy, flops_per_image, train
-
-_DATA: dict = {}
 
 
 def build(arch: dict) -> torch.nn.Module:
@@ -38,29 +36,65 @@ def build(arch: dict) -> torch.nn.Module:
     raise ValueError(f"unknown architecture kind {kind!r}: use reference_vit, timm_vit or resnet")
 
 
-MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel mean and standard deviation
+transform = data_lib.GrayscaleTransform(channels=1)  # how the trained models read one PIL image
+_TENSORS: dict = {}  # decoded training images, per process: the largest subset once, smaller ones are inside it
 
 
-def _tensors(data: data_lib.ImageData, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows idx as (N, 1, H, W) float tensors normalised with Fashion-MNIST's mean/std, and labels."""
-    x = torch.from_numpy(np.asarray(data.dataset[idx]["image"], dtype=np.float32) / 255.0)
-    return ((x - MEAN) / STD)[:, None], torch.from_numpy(np.asarray(data.labels[idx]))
+def _datasets(config: dict):
+    d = config["data"]
+    kwargs = {"root": d["imagenet_dir"]} if d.get("imagenet_dir") else {}
+    return (data_lib.load(d["name"], "train", **kwargs),
+            data_lib.load(d["name"], d.get("test_split", "test"), **kwargs))
 
 
-def transform(image) -> torch.Tensor:
-    """The preprocessing the data-scale models were trained with, for one PIL image: (1, H, W)."""
-    x = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
-    return ((x - MEAN) / STD)[None]
+def _classes(data: data_lib.ImageData, config: dict) -> np.ndarray | None:
+    """The classes used: all (None), or `classes` of them spread evenly over the label ids (ImageNet-100: every
+    10th of ImageNet's 1,000)."""
+    count = config["data"].get("classes")
+    total = len(data.classnames)
+    return None if not count or count >= total else np.arange(0, total, total // count)[:count]
 
 
-def _load(config: dict, seed: int):
-    key = (config["data"]["name"], seed)
-    if key not in _DATA:
-        d = config["data"]
-        train_set, test_set = data_lib.load(d["name"], "train"), data_lib.load(d["name"], "test")
-        test_idx = data_lib.balanced_subset(test_set.labels, d["test_per_class"], seed=0)
-        _DATA[key] = (train_set, _tensors(test_set, test_idx))
-    return _DATA[key]
+def _subset(data: data_lib.ImageData, per_class: int, seed: int, classes: np.ndarray | None) -> np.ndarray:
+    """Nested, class-balanced rows of `data`, from the chosen classes only."""
+    if classes is None:
+        return data_lib.balanced_subset(data.labels, per_class, seed)
+    keep = np.flatnonzero(np.isin(data.labels, classes))
+    return keep[data_lib.balanced_subset(data.labels[keep], per_class, seed)]
+
+
+def _tensors(data: data_lib.ImageData, idx: np.ndarray, config: dict, classes):
+    """Rows idx in memory as normalised float tensors, labels renumbered 0..C-1 when classes are chosen, and
+    the rows kept (an unreadable image is skipped)."""
+    d = config["data"]
+    if d["name"] == "fashion_mnist":
+        (x, y), rows = data_lib.grayscale_tensors(data, idx), idx
+    else:
+        x, y, rows = data_lib.decoded_tensors(data, idx, d["image_size"], workers=d.get("workers", 0))
+    if classes is not None:
+        y = torch.from_numpy(np.searchsorted(classes, y.numpy()))
+    return x, y, rows
+
+
+def _load(config: dict, per_class: int):
+    """(training images and labels for per_class images per class, test images and labels)."""
+    d = config["data"]
+    train_set, test_set = _datasets(config)
+    classes = _classes(train_set, config)
+    key = (train_set.fingerprint, test_set.fingerprint, stable_hash(d), max(_sizes(config)))
+    if key not in _TENSORS:
+        _TENSORS.clear()
+        big = _subset(train_set, max(_sizes(config)), d["subset_seed"], classes)
+        test_idx = _subset(test_set, d["test_per_class"], 0, classes)
+        _TENSORS[key] = (big, _tensors(train_set, big, config, classes), _tensors(test_set, test_idx, config, classes))
+    big, (x, y, rows), (x_test, y_test, _) = _TENSORS[key]
+    idx = _subset(train_set, per_class, d["subset_seed"], classes)  # nested: inside `big`
+    pos = np.flatnonzero(np.isin(rows, idx))  # rows is sorted, like idx
+    return rows[pos], x[pos], y[pos], (x_test, y_test), len(train_set)
+
+
+def _sizes(config: dict) -> list[int]:
+    return [n for a in config["architectures"] for n in a.get("sizes", config["sizes_per_class"])]
 
 
 def units(config: dict, ctx: Context) -> list[str]:
@@ -71,33 +105,39 @@ def units(config: dict, ctx: Context) -> list[str]:
     return out
 
 
-def checkpoint_path(cache_dir: Path, config: dict, unit: str) -> Path:
-    return Path(cache_dir) / "checkpoints" / "data_scale" / stable_hash([config, unit]) / "model.pt"
+def steps_for(images: int, config: dict) -> int:
+    """The suite's step policy: max(min_steps, ceil(epochs × images / batch size))."""
+    policy = config["step_policy"]
+    return max(policy["min_steps"], math.ceil(policy["epochs"] * images / config["recipe"]["batch_size"]))
+
+
+def checkpoint_path(cache_dir: Path, config: dict, unit: str, device: torch.device | str) -> Path:
+    """Where a run's trained model is kept: by config, unit and the kind of device that trained it."""
+    key = stable_hash([config, unit, device_kind(device)])
+    return Path(cache_dir) / "checkpoints" / "data_scale" / key / "model.pt"
 
 
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     arch_id, per_class, seed = unit.split(":")
     per_class, seed = int(per_class), int(seed)
     arch = next(a for a in config["architectures"] if a["id"] == arch_id)
-    train_set, (x_test, y_test) = _load(config, ctx.seed)
     # nested: the subset drawn with the data seed is a prefix of each class's permutation, so every smaller
     # subset lies inside every larger one; the seed below varies initialisation and batch order only
-    idx = data_lib.balanced_subset(train_set.labels, per_class, seed=config["data"]["subset_seed"])
-    x, y = _tensors(train_set, idx)
-    recipe = Recipe(**config["recipe"])
+    idx, x, y, (x_test, y_test), train_total = _load(config, per_class)
+    recipe = Recipe(steps=steps_for(len(idx), config), **config["recipe"])
     torch.manual_seed(seed)
     model = build(arch).to(ctx.device)
     stats = train(model, x.to(ctx.device), y.to(ctx.device), recipe, seed=seed,
                   desc=f"{arch_id} n={len(idx)} seed={seed}")
     acc = accuracy(model, x_test.to(ctx.device), y_test.to(ctx.device))
-    path = checkpoint_path(ctx.cache_dir, config, unit)
+    path = checkpoint_path(ctx.cache_dir, config, unit, ctx.device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"arch": arch, "state_dict": model.state_dict(), "unit": unit}, tmp)
     tmp.replace(path)
     return [{
         "architecture": arch_id, "kind": arch["kind"], "train_images": len(idx), "per_class": per_class,
-        "fraction": len(idx) / len(train_set), "seed": seed, "test_accuracy": acc, "test_images": len(y_test),
+        "fraction": len(idx) / train_total, "seed": seed, "test_accuracy": acc, "test_images": len(y_test),
         "params": sum(p.numel() for p in model.parameters()),
         "flops_per_image": flops_per_image(model, tuple(x.shape[1:])),
         "steps": recipe.steps, "epochs": recipe.steps * recipe.batch_size / len(idx), **stats,
@@ -169,12 +209,13 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     runs = pd.DataFrame(rows)
     s = summary(runs)
     text = finding(s, config["compare"][0], config["compare"][1])
-    r = config["recipe"]
+    r, p = config["recipe"], config["step_policy"]
     notes = (f"Recipe for every architecture: AdamW (lr {r['lr']}, weight decay {r['weight_decay']}), "
              f"{r['warmup']:.0%} linear warm-up then cosine decay, batch {r['batch_size']}, label smoothing "
-             f"{r['label_smoothing']}, random crop (pad {r['pad']}) and flip. Step policy: every run takes the "
-             f"same {r['steps']} optimisation steps whatever the subset size, so small subsets are seen for many "
-             "epochs and large ones for few (equal compute per point). Nested, class-balanced subsets of the "
+             f"{r['label_smoothing']}, random crop (pad {r['pad']}) and flip. Step policy: a run on n images takes "
+             f"max({p['min_steps']}, ⌈{p['epochs']} · n / {r['batch_size']}⌉) optimisation steps (column `steps`), "
+             "so small subsets get enough steps to fit and large ones at least "
+             f"{p['epochs']} passes over their data. Nested, class-balanced subsets of the "
              f"training set; test accuracy on {int(runs['test_images'].iloc[0])} balanced test images; 95% "
              "intervals from Student's t over seeds. " + config.get("notes", "") + "\n\n**Finding:** " + text)
     return [
