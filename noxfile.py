@@ -65,3 +65,19 @@ def lint(session: nox.Session) -> None:
     """ruff over the project."""
     python = _python(session)
     session.run(python, "-m", "ruff", "check", "harness", "suites", "tests", "noxfile.py", external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed and memory benchmarks into results/bench_*.{csv,md,png} (arguments after -- go to
+    `python -m harness bench`: --device, --dtype, --out, --parts, --quick)."""
+    python = _python(session)
+    session.run(python, "-m", "harness", "bench", *session.posargs, external=True, env=_env())
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The one-command GPU check (needs a CUDA GPU): tables into the folder after -- --out (default results/gpu)."""
+    python = _python(session)
+    args = session.posargs or ["--out", str(ROOT / "results" / "gpu")]
+    session.run(python, "-m", "harness", "gpu-check", *args, external=True, env=_env())

@@ -87,3 +87,17 @@ def test_mha_explicit_fused_and_torch_agree(heads):
 def test_mha_rejects_indivisible_heads():
     with pytest.raises(ValueError, match="not divisible"):
         MultiHeadAttention(10, 3)
+
+
+@pytest.mark.parametrize("N,M,block", [(197, 197, 64), (50, 50, 256), (5, 9, 2), (300, 300, 1), (130, 70, 32)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 1e-6)])
+def test_online_softmax_attention_is_exact(N, M, block, causal, dtype, tol):
+    from harness.reference import online_softmax_attention
+
+    q, k, v = qkv(N=N, M=M, dtype=dtype)
+    q = q * 4  # sharper softmax: the running maximum changes from block to block
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
+    got = online_softmax_attention(q, k, v, is_causal=causal, block_size=block)
+    assert got.dtype == dtype and rel(got.double(), expected) < tol
+

@@ -50,7 +50,8 @@ def test_run_writes_tables_and_second_run_reuses_cache(tmp_path, suites_dir, cap
     blocks = pd.read_csv(out / "agreement_blocks.csv")
     assert set(blocks["stage"]) == {"patch_embed"} | {f"blocks.{i}" for i in range(12)}
     attention = pd.read_csv(out / "agreement_attention.csv")
-    assert len(attention) == 4 * 2 * 2 * 2  # comparisons × heads × masks × dtypes
+    assert len(attention) == (5 + 4) * 2 * 2  # (comparisons without mask + with padding) × heads × dtypes
+    assert "reference online softmax vs F.scaled_dot_product_attention" in set(attention["comparison"])
     assert (attention["result"] == "pass").all()
     assert "agreement_attention" in (out / "README.md").read_text()
 

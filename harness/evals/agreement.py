@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..convert.timm import convert_state_dict, from_timm
 from ..models import image_batch, load_timm, timm_transform
-from ..reference.attention import MultiHeadAttention, scaled_dot_product_attention
+from ..reference.attention import MultiHeadAttention, online_softmax_attention, scaled_dot_product_attention
 from ..suite import Context, Table
 
 TOL = {"float64": 1e-12, "float32": 1e-5}
@@ -268,7 +268,12 @@ def _attention_pairs(dt: torch.dtype, q, k, v, x, modules: dict[str, nn.Module],
     ref_mha, torch_mha, timm_fused, timm_manual = (_cast(modules[n], dt) for n in names)
     causal_bool = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1) if causal else None
     ref_out = ref_mha(x, attn_mask=keep, is_causal=causal)
-    return [
+    online = []
+    if keep is None:  # the online-softmax attention takes no mask, or causal; blocks of about N/3 keys
+        online = [("reference online softmax vs F.scaled_dot_product_attention",
+                   online_softmax_attention(q, k, v, is_causal=causal, block_size=max(1, -(-q.shape[-2] // 3))),
+                   F.scaled_dot_product_attention(q, k, v, is_causal=causal))]
+    return online + [
         ("reference sdpa vs F.scaled_dot_product_attention",
          scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=causal),
          F.scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=causal)),
@@ -358,7 +363,8 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     attn = df[df["check"] == "attention"].reset_index(drop=True)
     if len(attn):
         out.append(Table("agreement_attention", attn, "Agreement of attention alone",
-                         "reference attention vs F.scaled_dot_product_attention, nn.MultiheadAttention, timm Attention",
+                         "reference attention (explicit and online softmax) vs F.scaled_dot_product_attention, "
+                         "nn.MultiheadAttention, timm Attention",
                          ["comparison", "seq_len", "heads", "mask", "dtype", "max_abs", "rel_err", "rule", "result"],
                          note))
     return out

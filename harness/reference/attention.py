@@ -57,6 +57,44 @@ def scaled_dot_product_attention(
     return weights @ v  # (..., N, d_v)
 
 
+def online_softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    is_causal: bool = False,
+    scale: float | None = None,
+    block_size: int = 256,
+) -> torch.Tensor:
+    """The same softmax(QKᵀ·scale) V, computed over blocks of keys with an online softmax (Milakov &
+    Gimelshein, 2018; the idea of FlashAttention): memory O(N · block_size) instead of O(N · M).
+
+    For each block of keys the scores S_b are formed, the running row maximum m is raised to cover them,
+    and the running sum ℓ and output accumulator O are rescaled by exp(m_old - m_new) before the block's
+    exp(S_b - m_new) is added. At the end O / ℓ is softmax(S) V exactly, up to round-off; the N×M score
+    matrix never exists. ``is_causal`` as in scaled_dot_product_attention (top-left aligned).
+    """
+    n, m = q.size(-2), k.size(-2)
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    out = q.new_zeros(*q.shape[:-1], v.size(-1))  # (..., N, d_v) accumulator O
+    row_max = q.new_full((*q.shape[:-1], 1), float("-inf"))  # m
+    row_sum = q.new_zeros((*q.shape[:-1], 1))  # ℓ
+    query_pos = torch.arange(n, device=q.device)[:, None]
+    for start in range(0, m, block_size):
+        kb, vb = k[..., start: start + block_size, :], v[..., start: start + block_size, :]
+        scores = (q @ kb.transpose(-2, -1)) * scale  # (..., N, b): one block of keys
+        if is_causal:
+            key_pos = torch.arange(start, start + kb.size(-2), device=q.device)[None, :]
+            scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
+        new_max = torch.maximum(row_max, scores.amax(dim=-1, keepdim=True))
+        safe = torch.where(torch.isneginf(new_max), torch.zeros_like(new_max), new_max)  # rows with no key yet
+        weights = torch.exp(scores - safe)
+        rescale = torch.exp(row_max - safe)  # exp(m_old - m_new); 0 while m_old is -inf
+        row_sum = row_sum * rescale + weights.sum(dim=-1, keepdim=True)
+        out = out * rescale + weights @ vb
+        row_max = new_max
+    return out / torch.where(row_sum == 0, torch.ones_like(row_sum), row_sum)
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention with h heads: one fused qkv projection, per-head attention, concat, W_O.
 

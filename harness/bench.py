@@ -1,0 +1,365 @@
+"""Benchmarks: speed and memory, measured (never asserted in tests).
+
+- models:     images per second and peak memory of the reference models (explicit formula and fused
+              attention) against timm and open_clip carrying the same weights, at equal dtype and batch size.
+- attention:  one attention call over sequence lengths N: the explicit formula, each torch SDPA backend the
+              device offers, and the reference's online-softmax attention (memory linear in N); achieved
+              FLOP/s, the fraction of the device's measured matrix-multiply peak, peak memory, and how time
+              and memory grow with N (log-log slope).
+- probe:      harness.linear_probe against scikit-learn on the same features: time and accuracy.
+
+Run:    nox -s bench                      (python -m harness bench --device auto --out results)
+Tables: results/bench_models.*, results/bench_attention.{csv,md,png}, results/bench_probe.*, each naming the
+        device. Peak memory: torch.cuda.max_memory_allocated on a GPU; on a CPU the largest live total of the
+        tensors torch allocates during one call, from torch.profiler's memory events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import results
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn, device: torch.device, min_time: float = 1.0, min_reps: int = 3, max_reps: int = 50,
+                     warmup: int = 1) -> float:
+    """Median wall time of one call of fn, after `warmup` calls; at least min_reps calls and min_time seconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory(fn, device: torch.device) -> int:
+    """Bytes: the most memory that tensors allocated during one call of fn held at once (beyond what was
+    allocated before the call)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    # every allocation (+bytes) and free (-bytes) torch's CPU allocator made, in time order
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in records:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's matrix-multiply rate, measured: FLOP/s of a large square matmul in `dtype`."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / seconds_per_call(lambda: a @ b, device, min_time=1.0)
+
+
+# --------------------------------------------------------------------------------------------- models
+CPU_MODELS = [
+    {"library": "timm", "name": "vit_tiny_patch16_224", "batch_size": 32},
+    {"library": "timm", "name": "vit_small_patch16_224", "batch_size": 32},
+    {"library": "timm", "name": "vit_base_patch16_224", "batch_size": 16},
+    {"library": "open_clip", "name": "ViT-B-32", "batch_size": 32},
+]
+GPU_MODELS = [
+    {"library": "timm", "name": "vit_small_patch16_224", "batch_size": 256},
+    {"library": "timm", "name": "vit_base_patch16_224", "batch_size": 256},
+    {"library": "timm", "name": "vit_large_patch16_224", "batch_size": 128},
+    {"library": "open_clip", "name": "ViT-B-32", "batch_size": 256},
+    {"library": "open_clip", "name": "ViT-L-14", "batch_size": 128},
+]
+
+
+def _models(spec: dict, device: torch.device, dtype: torch.dtype):
+    """(library model's image forward, reference explicit, reference fused), same weights, dtype, device."""
+    from .convert import from_open_clip, from_timm
+    from .models import load_open_clip, load_timm
+
+    if spec["library"] == "timm":
+        lib = load_timm(spec["name"], "random", seed=0).to(device, dtype)
+        ref = from_timm(lib)
+        return lib, lib, ref.set_fused_attn(False), from_timm(lib).set_fused_attn(True), lib.default_cfg["input_size"]
+    lib = load_open_clip(spec["name"], "random", seed=0).to(device, dtype)
+    ref = from_open_clip(lib)
+    size = lib.visual.image_size
+    return (lib, lib.visual, ref.visual.set_fused_attn(False), from_open_clip(lib).visual.set_fused_attn(True),
+            (3, *size))
+
+
+def bench_models(device: torch.device, dtype: torch.dtype, specs: list[dict]) -> pd.DataFrame:
+    rows = []
+    for spec in tqdm(specs, desc="models", unit="model"):
+        lib_model, lib, explicit, fused, shape = _models(spec, device, dtype)
+        x = torch.randn(spec["batch_size"], *shape, device=device, dtype=dtype)
+        params = sum(p.numel() for p in lib.parameters())
+        lib_rate = None
+        for impl, module in (("library", lib), ("reference (explicit)", explicit), ("reference (fused)", fused)):
+            with torch.inference_mode():
+                t = seconds_per_call(lambda m=module, x=x: m(x), device, min_time=2.0)
+                mem = peak_memory(lambda m=module, x=x: m(x), device)
+            rate = spec["batch_size"] / t
+            lib_rate = lib_rate or rate
+            rows.append({"model": spec["name"], "library": spec["library"], "implementation": impl,
+                         "dtype": str(dtype).removeprefix("torch."), "batch_size": spec["batch_size"],
+                         "params": params, "images_per_s": rate, "ms_per_batch": 1000 * t,
+                         "ratio_to_library": rate / lib_rate, "peak_memory_mb": mem / 2**20})
+        del lib_model, lib, explicit, fused
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ attention
+def _attention_impls(device: torch.device):
+    """name -> fn(q, k, v): the explicit formula, online softmax, and each SDPA backend torch has."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .reference.attention import online_softmax_attention, scaled_dot_product_attention
+
+    impls = {"reference explicit": scaled_dot_product_attention,
+             "reference online softmax": lambda q, k, v: online_softmax_attention(q, k, v, block_size=256)}
+    backends = {"sdpa math": SDPBackend.MATH, "sdpa flash": SDPBackend.FLASH_ATTENTION,
+                "sdpa efficient": SDPBackend.EFFICIENT_ATTENTION}
+    if hasattr(SDPBackend, "CUDNN_ATTENTION") and device.type == "cuda":
+        backends["sdpa cudnn"] = SDPBackend.CUDNN_ATTENTION
+    for name, backend in backends.items():
+        def run(q, k, v, backend=backend):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q, k, v)
+        impls[name] = run
+    return impls
+
+
+def bench_attention(device: torch.device, dtype: torch.dtype, lengths: list[int], batch: int, heads: int,
+                    head_dim: int) -> pd.DataFrame:
+    peak = matmul_peak(device, dtype)
+    rows = []
+    impls = _attention_impls(device)
+    for n in tqdm(lengths, desc="attention", unit="N"):
+        g = torch.Generator(device="cpu").manual_seed(n)
+        q, k, v = (torch.randn(batch, heads, n, head_dim, generator=g).to(device, dtype) for _ in range(3))
+        flops = 4 * batch * heads * n * n * head_dim  # QKᵀ and PV, 2 FLOPs per multiply-add
+        for name, fn in impls.items():
+            row = {"implementation": name, "N": n, "batch": batch, "heads": heads, "head_dim": head_dim,
+                   "dtype": str(dtype).removeprefix("torch."), "matmul_peak_tflops": peak / 1e12}
+            try:
+                with torch.inference_mode():
+                    fn(q, k, v)
+                    t = seconds_per_call(lambda f=fn, a=(q, k, v): f(*a), device, min_time=0.5)
+                    mem = peak_memory(lambda f=fn, a=(q, k, v): f(*a), device)
+            except RuntimeError as e:  # the backend does not run on this device / dtype / shape
+                rows.append({**row, "status": "unavailable", "reason": str(e).splitlines()[0][:200]})
+                continue
+            rows.append({**row, "status": "ok", "ms": 1000 * t, "tflops": flops / t / 1e12,
+                         "fraction_of_matmul_peak": flops / t / peak, "peak_memory_mb": mem / 2**20})
+    df = pd.DataFrame(rows)
+    # growth with N: the slope of log(time) and log(memory) against log(N) over the three largest N
+    for name, g in df[df.status == "ok"].groupby("implementation"):
+        g = g.sort_values("N").tail(3)
+        if len(g) >= 2:
+            logn = np.log(g["N"].to_numpy(float))
+            df.loc[df.implementation == name, "time_exponent"] = np.polyfit(logn, np.log(g["ms"]), 1)[0]
+            df.loc[df.implementation == name, "memory_exponent"] = np.polyfit(
+                logn, np.log(np.maximum(g["peak_memory_mb"], 1e-6)), 1)[0]
+    return df
+
+
+def plot_attention(df: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = df[df.status == "ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    for name, g in ok.groupby("implementation"):
+        axes[0].plot(g["N"], g["ms"], marker="o", label=name)
+        axes[1].plot(g["N"], g["peak_memory_mb"], marker="o", label=name)
+    for ax, label in zip(axes, ("time per call (ms)", "peak memory (MiB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length N (log)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    d = ok.iloc[0]
+    fig.suptitle(f"Attention, batch {d['batch']} × {d['heads']} heads × head dim {d['head_dim']}, {d['dtype']}, "
+                 f"{results.device_name(df.attrs.get('device', 'cpu'))}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------- linear probe
+def bench_probe(device: torch.device, train_per_class: int = 500, test_per_class: int = 500) -> pd.DataFrame:
+    """Fashion-MNIST pixels (784 features): harness.linear_probe against scikit-learn doing the same work."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from . import data as data_lib
+    from .linear_probe import fit, linear_probe, standardise
+
+    train, test = data_lib.load("fashion_mnist", "train"), data_lib.load("fashion_mnist", "test")
+    tri = data_lib.balanced_subset(train.labels, train_per_class, seed=0)
+    tei = data_lib.balanced_subset(test.labels, test_per_class, seed=0)
+    xtr, ytr = data_lib.grayscale_tensors(train, tri)
+    xte, yte = data_lib.grayscale_tensors(test, tei)
+    xtr, xte = xtr.flatten(1).numpy().astype(np.float64), xte.flatten(1).numpy().astype(np.float64)
+    ytr, yte = ytr.numpy(), yte.numpy()
+    common = {"features": "Fashion-MNIST pixels", "feature_dim": xtr.shape[1], "train_images": len(ytr),
+              "test_images": len(yte)}
+    rows = []
+
+    t0 = time.perf_counter()
+    res = linear_probe(xtr, ytr, xte, yte, num_classes=10, device=device)
+    t_ours = time.perf_counter() - t0
+    grid = sorted(res.sweep)
+    rows.append({**common, "implementation": "harness.linear_probe", "work": f"λ sweep ({len(grid)} fits) + "
+                 "final fit", "strength": res.strength, "top1": res.top1, "seconds": t_ours})
+
+    # scikit-learn doing the same work: the same λ grid on the same validation split, then the final fit
+    xs_tr, xs_te = standardise(xtr, xte)
+    perm = np.random.default_rng(0).permutation(len(xs_tr))
+    n_val = int(round(0.1 * len(xs_tr)))
+    val, fit_idx = perm[:n_val], perm[n_val:]
+    t0 = time.perf_counter()
+    scores = {}
+    for lam in grid:
+        with warnings.catch_warnings():  # 200 iterations, like the harness's sweep fits: not converged, on purpose
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf = LogisticRegression(C=1 / (lam * len(fit_idx)), max_iter=200).fit(xs_tr[fit_idx], ytr[fit_idx])
+        scores[lam] = clf.score(xs_tr[val], ytr[val])
+    best = max(scores, key=lambda lam: (scores[lam], lam))
+    clf = LogisticRegression(C=1 / (best * len(xs_tr)), max_iter=3000, tol=1e-8).fit(xs_tr, ytr)
+    t_sk = time.perf_counter() - t0
+    rows.append({**common, "implementation": "scikit-learn", "work": f"λ sweep ({len(grid)} fits) + final fit",
+                 "strength": best, "top1": 100 * clf.score(xs_te, yte), "seconds": t_sk})
+
+    # one fit at the chosen λ, float32, default tolerances on both sides
+    x32 = torch.as_tensor(xs_tr, dtype=torch.float32, device=device)
+    y32 = torch.as_tensor(ytr, device=device)
+    t0 = time.perf_counter()
+    W, b, _ = fit(x32, y32, 10, res.strength)
+    _sync(device)
+    t_fit = time.perf_counter() - t0
+    pred = (torch.as_tensor(xs_te, dtype=torch.float32, device=device) @ W + b).argmax(1).cpu().numpy()
+    rows.append({**common, "implementation": "harness fit (float32)", "work": "one fit at λ",
+                 "strength": res.strength, "top1": 100 * (pred == yte).mean(), "seconds": t_fit})
+    t0 = time.perf_counter()
+    clf = LogisticRegression(C=1 / (res.strength * len(xs_tr)), max_iter=1000).fit(xs_tr, ytr)
+    t_skfit = time.perf_counter() - t0
+    rows.append({**common, "implementation": "scikit-learn", "work": "one fit at λ", "strength": res.strength,
+                 "top1": 100 * clf.score(xs_te, yte), "seconds": t_skfit})
+    df = pd.DataFrame(rows)
+    for _, g in df.groupby("work"):
+        sk = g.loc[g.implementation == "scikit-learn", "seconds"].iloc[0]
+        df.loc[g.index, "speedup_vs_sklearn"] = sk / g["seconds"]
+    return df
+
+
+# ------------------------------------------------------------------------------------------------ main
+def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bool = False) -> list[Path]:
+    torch.manual_seed(0)
+    torch_dtype = DTYPES[dtype]
+    prov = results.provenance({"parts": parts, "dtype": dtype, "quick": quick}, device, 0)
+    device_label = results.device_name(device)
+    written, index = [], {}
+    if "models" in parts:
+        specs = (GPU_MODELS if device.type == "cuda" else CPU_MODELS)[: 1 if quick else None]
+        df = bench_models(device, torch_dtype, specs).assign(**prov)
+        written += results.write_table(
+            df, out, "bench_models", f"Throughput and peak memory: reference vs library ({device_label})",
+            ["model", "implementation", "dtype", "batch_size", "images_per_s", "ratio_to_library", "ms_per_batch",
+             "peak_memory_mb"],
+            "Image towers only, random weights, inference mode. `reference (explicit)`: attention written as "
+            "softmax(QKᵀ/√d)V; `reference (fused)`: the same model calling torch's scaled_dot_product_attention "
+            "(as timm and open_clip do). ratio_to_library = images/s over the library model's images/s (goal: "
+            "fused ≥ 0.95). Median of repeated calls after a warm-up.")
+        index["bench_models"] = f"images/s and peak memory, reference vs timm/open_clip ({device_label})"
+    if "attention" in parts:
+        lengths = [50, 197, 577] if quick else [50, 197, 577, 1024, 4096]
+        heads = 12
+        df = bench_attention(device, torch_dtype, lengths, batch=1 if device.type == "cpu" else 8, heads=heads,
+                             head_dim=64)
+        df.attrs["device"] = str(device)
+        df = df.assign(**prov)
+        written += results.write_table(
+            df, out, "bench_attention", f"Attention over sequence length ({device_label})",
+            ["implementation", "N", "status", "ms", "tflops", "fraction_of_matmul_peak", "peak_memory_mb",
+             "time_exponent", "memory_exponent"],
+            "FLOPs = 4·B·H·N²·d (QKᵀ and PV). fraction_of_matmul_peak: achieved FLOP/s over a large square "
+            "matmul's FLOP/s measured on the same device and dtype (matmul_peak_tflops). time_exponent, "
+            "memory_exponent: slope of log(time), log(peak memory) against log(N) over the three largest N "
+            "(2 = quadratic, 1 = linear). `unavailable`: torch has no such kernel for this device, dtype or "
+            "shape (the csv's `reason` column has torch's message)."
+            "\n\n![time and memory against N](bench_attention.png)")
+        written.append(results.atomic_write_figure(lambda p: plot_attention(df, p), out / "bench_attention.png"))
+        index["bench_attention"] = f"attention time, FLOP/s and memory against N ({device_label})"
+    if "probe" in parts:
+        df = bench_probe(device).assign(**prov)
+        written += results.write_table(
+            df, out, "bench_probe", f"Linear probe: harness vs scikit-learn ({device_label})",
+            ["implementation", "work", "train_images", "feature_dim", "strength", "top1", "seconds",
+             "speedup_vs_sklearn"],
+            "Same standardised features, same λ grid and validation split; scikit-learn's LogisticRegression "
+            "(lbfgs). Goal: ≥ 5× faster than scikit-learn at equal accuracy.")
+        index["bench_probe"] = f"linear probe time and accuracy, harness vs scikit-learn ({device_label})"
+    written.append(results.write_index(out, index))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .runner import resolve_device
+
+    p = argparse.ArgumentParser(prog="python -m harness bench", description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: cuda when present)")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help="default: float32 on CPU, bfloat16 on a GPU")
+    p.add_argument("--out", type=Path, default=results.REPO_ROOT / "results")
+    p.add_argument("--parts", default="models,attention,probe", help="comma-separated: models,attention,probe")
+    p.add_argument("--quick", action="store_true", help="one model and short sequences (a smoke run)")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
+    unknown = set(parts) - {"models", "attention", "probe"}
+    if unknown:
+        raise SystemExit(f"unknown bench part(s) {sorted(unknown)}: choose from models, attention, probe")
+    start = time.perf_counter()
+    paths = run(device, dtype, args.out, parts, args.quick)
+    print(f"bench: {math.ceil(time.perf_counter() - start)} s -> " + ", ".join(str(p) for p in paths))
+    return 0
