@@ -1,5 +1,8 @@
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from .cli import main
 
-sys.exit(main())
+# record: under torchrun, a rank's exception (with its traceback) goes into torchrun's failure report
+sys.exit(record(main)())

@@ -1,4 +1,4 @@
-"""python -m harness: list the suites, run them, clear the cache."""
+"""python -m harness: list the suites, run them, benchmark, clear the cache."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import runner
+from . import distributed, runner
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,12 +31,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="recompute everything; read and write no cache")
     run.add_argument("--suites-dir", type=Path, default=runner.SUITES_DIR, help=argparse.SUPPRESS)
 
+    sub.add_parser("bench", help="speed and memory benchmarks (see python -m harness bench --help)",
+                   add_help=False)
+
+    gpu = sub.add_parser("gpu-check", help="the one-command GPU check: agreement in bfloat16/float16 with every "
+                                           "SDPA backend, the benchmarks, the training suites' default profiles")
+    gpu.add_argument("--out", type=Path, required=True, help="folder for the tables (e.g. results/gpu)")
+    gpu.add_argument("--device", default="cuda")
+    gpu.add_argument("--cache-dir", type=Path, default=runner.DEFAULT_CACHE)
+
     clear = sub.add_parser("clear-cache", help="delete the cache folder")
     clear.add_argument("--cache-dir", type=Path, default=runner.DEFAULT_CACHE)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from . import bench
+
+        return bench.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "list":
         for name in runner.suite_names():
@@ -48,15 +62,50 @@ def main(argv: list[str] | None = None) -> int:
         print(f"removed {args.cache_dir}")
         return 0
 
+    if args.command == "gpu-check":
+        return gpu_check(args.out, args.device, args.cache_dir)
+
     names = args.suites or runner.suite_names(args.suites_dir)
-    ctx = runner.Context(device=runner.resolve_device(args.device), seed=args.seed, dtypes=args.dtypes,
-                         cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    gpu = distributed.init_from_env()  # under torchrun: join the process group; this rank's GPU, if any
+    device = runner.resolve_device(args.device)
+    if gpu is not None and device.type == "cuda":
+        device = gpu
+    ctx = runner.Context(device=device, seed=args.seed, dtypes=args.dtypes, cache_dir=args.cache_dir,
+                         use_cache=not args.no_cache)
     for name in names:  # fail on a misspelt name before any work
         runner.load_suite(name, args.suites_dir)
     for name in names:
         start = time.perf_counter()
         runner.run_suite(name, args.profile, ctx, args.out, args.suites_dir)
-        print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        if distributed.is_main():
+            print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    distributed.barrier()  # every rank leaves once rank 0 has written the tables
+    return 0
+
+
+GPU_CHECK_SUITES = ["agreement", "data_scale", "zero_shot", "linear_probe"]
+
+
+def gpu_check(out: Path, device_name: str = "cuda", cache_dir: Path = runner.DEFAULT_CACHE) -> int:
+    """Everything a GPU changes, in one command (sized for about 8 minutes on one H100): the agreement suite
+    (the suite adds bfloat16 and float16 with every SDPA backend the GPU offers), the benchmarks in bfloat16,
+    and the default profiles of data_scale, zero_shot and linear_probe on the GPU. Tables go to `out`."""
+    from . import bench
+
+    device = runner.resolve_device(device_name)
+    if device.type != "cuda":
+        raise SystemExit(f"gpu-check needs a CUDA device, got {device}: run it on a machine with a GPU "
+                         "(nox -s gpu -- --out results/gpu)")
+    ctx = runner.Context(device=device, cache_dir=cache_dir)
+    timings = {}
+    for name in GPU_CHECK_SUITES:
+        start = time.perf_counter()
+        runner.run_suite(name, "default", ctx, out)
+        timings[name] = time.perf_counter() - start
+    start = time.perf_counter()
+    bench.run(device, "bfloat16", out, ["models", "attention", "probe"])
+    timings["bench"] = time.perf_counter() - start
+    print("gpu-check: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f" -> {out}")
     return 0
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import ImageData, ImageDataset, collate
 from .results import code_hash, stable_hash
 
@@ -71,6 +72,20 @@ def _compute(encode, subset, batch_size: int, device, dtype, bar) -> dict:
             "indices": torch.cat(idx).numpy(), "skipped": bad}
 
 
+def _merge(parts: list[dict], order: np.ndarray) -> dict:
+    """The ranks' pieces of one chunk back into one piece, rows in the order of `order` (data-set rows)."""
+    parts = [p for p in parts if len(p["labels"])]
+    skipped = sorted(s for p in parts for s in p["skipped"]) if parts else []
+    if not parts:
+        return {"features": np.zeros((0, 0), np.float32), "labels": np.zeros(0, np.int64),
+                "indices": np.zeros(0, np.int64), "skipped": skipped}
+    position = {int(row): k for k, row in enumerate(order)}
+    rows = np.concatenate([p["indices"] for p in parts])
+    sort = np.argsort([position[int(r)] for r in rows], kind="stable")
+    return {"features": np.concatenate([p["features"] for p in parts])[sort],
+            "labels": np.concatenate([p["labels"] for p in parts])[sort], "indices": rows[sort], "skipped": skipped}
+
+
 @torch.no_grad()
 def extract(
     encode: Callable[[torch.Tensor], torch.Tensor],
@@ -97,16 +112,26 @@ def extract(
     dataset = ImageDataset(data, transform, indices)
     chunks = [range(s, min(s + chunk_size, len(indices))) for s in range(0, len(indices), chunk_size)]
     parts, skipped, from_cache, computed = [], [], 0, 0
-    bar = tqdm(total=len(indices), desc=desc, unit="img", dynamic_ncols=True)
+    together = distributed.active()  # every rank is here: shard each chunk's images across the ranks
+    bar = tqdm(total=len(indices), desc=desc, unit="img", dynamic_ncols=True, disable=not distributed.is_main())
     for i, chunk in enumerate(chunks):
         path = folder / f"chunk_{i:05d}.pt" if folder else None
-        if path is not None and path.exists():
-            part = torch.load(path, weights_only=False)
+        cached = path is not None and path.exists()
+        if together:  # rank 0's cache decides (other nodes may not share its disk)
+            cached = distributed.broadcast(cached)
+        if cached:
+            part = torch.load(path, weights_only=False) if distributed.is_main() or not together else None
+            part = distributed.broadcast(part) if together else part
             from_cache += 1
             bar.update(len(chunk))
         else:
-            part = _compute(encode, torch.utils.data.Subset(dataset, chunk), batch_size, device, dtype, bar)
-            if path is not None:
+            if together:
+                mine = torch.utils.data.Subset(dataset, chunk[distributed.shard(len(chunk))])
+                part = _merge(distributed.all_gather(_compute(encode, mine, batch_size, device, dtype, bar)),
+                              indices[chunk.start: chunk.stop])
+            else:
+                part = _compute(encode, torch.utils.data.Subset(dataset, chunk), batch_size, device, dtype, bar)
+            if path is not None and distributed.is_main():
                 _save_atomic(part, path)
             computed += 1
         parts.append(part)

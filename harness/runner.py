@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import results
+from . import distributed, results
 from .suite import DEFAULT_CACHE, SUITES_DIR, Context, Table, load_suite, suite_names  # noqa: F401
 
 PROFILES = ("default", "full")
@@ -44,6 +44,61 @@ def _unit_file(folder: Path, unit: str) -> Path:
     return folder / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", unit) + ".json")
 
 
+class UnitFailed(RuntimeError):
+    """A unit raised: the run stops, no table is written, finished units stay cached."""
+
+
+def _run_one(evaluator, unit: str, config: dict, ctx: Context, path: Path, write: bool) -> list[dict]:
+    t0 = time.perf_counter()
+    try:
+        unit_rows = evaluator.run_unit(unit, config, ctx)
+    except Exception as e:
+        where = f"rank {distributed.rank()} of {distributed.world_size()}: " if distributed.world_size() > 1 else ""
+        raise UnitFailed(f"{where}unit {unit!r} failed ({type(e).__name__}: {e}). No table was written; the "
+                         f"units finished before it are cached under {path.parent} and a rerun reuses them.") from e
+    seconds = time.perf_counter() - t0
+    for row in unit_rows:
+        row.setdefault("unit", unit)
+        row.setdefault("unit_seconds", round(seconds, 2))
+    if ctx.use_cache and write:
+        results.atomic_write_text(path, json.dumps(unit_rows, default=float))
+    return unit_rows
+
+
+def _run_units(evaluator, units: list[str], config: dict, ctx: Context, folder: Path, mode: str,
+               desc: str) -> tuple[list[dict], int]:
+    """Every unit's rows in unit order (on rank 0; see harness.distributed for the two parallel modes),
+    and how many came from the cache."""
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = [i for i in range(len(units)) if mode != "units" or i % world == rank]
+    by_unit: dict[int, list[dict]] = {}
+    done = 0
+    bar = tqdm(mine, desc=desc + (f" rank {rank}/{world}" if world > 1 else ""), unit="unit", dynamic_ncols=True,
+               disable=mode == "data" and rank != 0)
+    for i in bar:
+        unit = units[i]
+        bar.set_postfix_str(unit)
+        path = _unit_file(folder, unit)
+        cached = ctx.use_cache and path.exists()
+        if mode == "data":
+            cached = distributed.broadcast(cached)  # rank 0's cache decides for every rank
+        if cached:
+            by_unit[i] = json.loads(path.read_text()) if rank == 0 or mode != "data" else []
+            done += 1
+            continue
+        if mode == "data":
+            with distributed.data_parallel():
+                by_unit[i] = _run_one(evaluator, unit, config, ctx, path, write=rank == 0)
+        else:
+            by_unit[i] = _run_one(evaluator, unit, config, ctx, path, write=True)
+    if mode == "units":  # rank 0 collects every rank's units
+        gathered = distributed.all_gather((by_unit, done))
+        by_unit = {i: r for part, _ in gathered for i, r in part.items()}
+        done = sum(d for _, d in gathered)
+    rows = [row for i in sorted(by_unit) for row in by_unit[i]]
+    return rows, done
+
+
 def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: Path = SUITES_DIR) -> list[Path]:
     """Run every unit of suite `name` (reusing cached units), write its tables into out_dir."""
     if profile not in PROFILES:
@@ -52,34 +107,23 @@ def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: 
     config = suite.get_config(profile)
     if ctx.dtypes:
         config = {**config, "dtypes": ctx.dtypes}
-    evaluator = importlib.import_module(f"harness.evals.{suite.EVALUATOR}")
+    # an evaluator under harness.evals by its short name, or any importable module by its dotted path
+    evaluator = importlib.import_module(suite.EVALUATOR if "." in suite.EVALUATOR else
+                                        f"harness.evals.{suite.EVALUATOR}")
 
     code = results.code_hash(evaluator.__name__)
+    if not evaluator.__name__.startswith("harness."):  # a user's evaluator: its own source counts too
+        code += results.stable_hash(Path(evaluator.__file__).read_text())
     key = results.stable_hash({"suite": suite.NAME, "version": suite.VERSION, "config": config, "seed": ctx.seed,
                                "code": code, "device": results.device_name(ctx.device)})
     folder = ctx.cache_dir / "units" / suite.NAME / key
     units = evaluator.units(config, ctx)
-    rows: list[dict] = []
     start = time.perf_counter()
-    done = 0
-    bar = tqdm(units, desc=f"{suite.NAME} [{profile}]", unit="unit", dynamic_ncols=True)
-    for unit in bar:
-        bar.set_postfix_str(unit)
-        path = _unit_file(folder, unit)
-        if ctx.use_cache and path.exists():
-            rows += json.loads(path.read_text())
-            done += 1
-            continue
-        t0 = time.perf_counter()
-        unit_rows = evaluator.run_unit(unit, config, ctx)
-        seconds = time.perf_counter() - t0
-        for row in unit_rows:
-            row.setdefault("unit", unit)
-            row.setdefault("unit_seconds", round(seconds, 2))
-        if ctx.use_cache:
-            results.atomic_write_text(path, json.dumps(unit_rows, default=float))
-        rows += unit_rows
+    mode = getattr(evaluator, "PARALLEL", "units") if distributed.world_size() > 1 else "single"
+    rows, done = _run_units(evaluator, units, config, ctx, folder, mode, f"{suite.NAME} [{profile}]")
     elapsed = time.perf_counter() - start
+    if not distributed.is_main():
+        return []  # rank 0 writes the tables
     if done:
         print(f"{suite.NAME}: reused {done} of {len(units)} finished units from {folder}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,3 +108,52 @@ def flops_per_image(model: nn.Module, shape: tuple[int, ...]) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return int(counter.get_total_flops())
+
+
+def train_clip(model: nn.Module, images: torch.Tensor,
+               captions: Callable[[torch.Tensor, torch.Generator], torch.Tensor], recipe: Recipe, seed: int,
+               desc: str = "train clip") -> dict:
+    """Contrastive training of a CLIP on (image, caption) pairs held in memory, with harness.clip_loss.
+
+    captions(idx, generator) -> (B, L) token ids of one caption for each image idx (drawn afresh every step,
+    so an image can be seen with several captions). The temperature is learned: logit_scale is a parameter
+    (no weight decay), clamped at log 100 by the model. label_smoothing is unused here.
+    """
+    from .reference.clip import clip_loss
+
+    g = torch.Generator().manual_seed(seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not _no_decay(n)]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and not _no_decay(n))]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+    model.train()
+    n, device = len(images), images.device
+    order, pos = torch.randperm(n, generator=g), 0
+    start, losses = time.perf_counter(), []
+    bar = tqdm(range(recipe.steps), desc=desc, unit="step", dynamic_ncols=True, leave=False)
+    for step in bar:
+        if pos + recipe.batch_size > n:
+            order, pos = torch.randperm(n, generator=g), 0
+        idx = order[pos: pos + min(recipe.batch_size, n)]
+        pos += len(idx)
+        x = augment(images[idx], recipe, g)
+        tokens = captions(idx, g).to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, recipe)
+        loss = clip_loss(model.encode_image(x, normalize=True), model.encode_text(tokens, normalize=True),
+                         model.scale())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 10 == 0 or step == recipe.steps - 1:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", scale=f"{model.scale().item():.1f}")
+    model.eval()
+    return {"final_loss": float(np.mean(losses[-20:])), "train_seconds": time.perf_counter() - start,
+            "logit_scale": model.scale().item(), "temperature": 1.0 / model.scale().item()}
+
+
+def _no_decay(name: str) -> bool:
+    """Embeddings, the [CLS] token and the temperature are not decayed (timm and open_clip do the same)."""
+    return any(s in name for s in ("pos_embed", "cls_token", "positional_embedding", "token_embedding",
+                                   "logit_scale"))

@@ -167,3 +167,44 @@ def from_open_clip(model: nn.Module) -> CLIP:
     return materialize(CLIP, config, convert_state_dict(model.state_dict(), config))
 
 
+
+
+def to_open_clip(reference: CLIP) -> nn.Module:
+    """The other direction: an open_clip CLIP built from the reference's config, carrying its weights.
+
+    Used to compare models trained with the reference (the zero-shot suite's default) against open_clip.
+    Every tensor goes through the inverse of the rules above; the result is converted back with
+    `from_open_clip`'s strict mapping and must give back exactly the reference's tensors.
+    """
+    import open_clip.model as ocm
+
+    c = reference.config
+    v, t = c.vision, c.text
+    if v.act != t.act or v.pool != "token" or not v.pre_norm or v.patch_bias or v.head_bias or v.in_chans != 3:
+        raise UnsupportedModelError("only reference CLIPs with open_clip's layout convert to open_clip: one "
+                                    "activation for both towers, token pooling, ln_pre, no patch or head bias, "
+                                    "3 input channels")
+    vision_cfg = ocm.CLIPVisionCfg(layers=v.depth, width=v.width, head_width=v.width // v.heads,
+                                   mlp_ratio=v.mlp_dim / v.width, patch_size=v.patch_size, image_size=v.image_size,
+                                   norm_kwargs={"eps": v.norm_eps})
+    text_cfg = ocm.CLIPTextCfg(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
+                               heads=t.heads, layers=t.depth, mlp_ratio=t.mlp_dim / t.width,
+                               norm_kwargs={"eps": t.norm_eps})
+    param = next(reference.parameters())
+    with torch.random.fork_rng():  # open_clip's initialisation is overwritten; leave the caller's RNG alone
+        model = ocm.CLIP(c.embed_dim, vision_cfg, text_cfg, quick_gelu=v.act == "quick_gelu")
+    if config_from_open_clip(model) != c:
+        raise ConversionError(f"open_clip built {config_from_open_clip(model)} for the reference config {c}")
+    ref_sd = reference.state_dict()
+    state = {}
+    for key, target in model.state_dict().items():
+        if key in IGNORED:
+            continue
+        new, _ = _target(key)
+        value = ref_sd[new]
+        state[key] = (value.T if key == "visual.proj" else value).reshape(target.shape).clone()
+    back = convert_state_dict(state, c)
+    if back.keys() != ref_sd.keys() or any(not torch.equal(back[k], ref_sd[k]) for k in back):
+        raise ConversionError("the reference -> open_clip mapping does not round-trip")
+    model.load_state_dict(state)
+    return model.to(param.device, param.dtype).eval()

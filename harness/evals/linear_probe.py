@@ -17,6 +17,8 @@ from ..features import extract
 from ..linear_probe import linear_probe, sklearn_probe
 from ..suite import Context, Table
 
+PARALLEL = "data"  # under torchrun every rank extracts a shard of each model's features (harness.distributed)
+
 
 def units(config: dict, ctx: Context) -> list[str]:
     return [f"probe:{m['id']}" for m in config["models"]]

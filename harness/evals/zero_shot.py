@@ -1,0 +1,306 @@
+"""The zero-shot suite: CLIP zero-shot classification and retrieval.
+
+Default profile: no pretrained CLIP is reachable, so a small reference CLIP is trained from scratch on
+Fashion-MNIST images paired with captions (training templates, class names, measured attributes); it is
+evaluated with templates held out from training, on retrieval over image–caption pairs of the test set,
+and by a linear probe on its image tower; open_clip, given the same weights, must build the same
+classifier and predict the same class for every image.
+Full profile: pretrained open_clip models on ImageNet with open_clip's class names and OpenAI's 80
+templates, beside open_clip's published top-1; the reference CLIP converted from each must agree.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import data as data_lib
+from .. import distributed
+from ..adapters import load_encoder, reference
+from ..convert.open_clip import to_open_clip
+from ..features import extract, weights_hash
+from ..linear_probe import linear_probe
+from ..reference.clip import CLIP, CLIPConfig, CLIPTextConfig, clip_vision_config
+from ..results import device_kind, stable_hash
+from ..suite import Context, Table
+from ..train import Recipe, train_clip
+from ..zero_shot import classification_metrics, retrieval_recall, zero_shot_classifier
+
+RECALL_KS = (1, 5, 10)
+PARALLEL = "data"  # under torchrun every rank extracts a shard of the features (harness.distributed)
+
+
+def units(config: dict, ctx: Context) -> list[str]:
+    out = [f"train:{config['train']['id']}", f"eval:{config['train']['id']}"] if config.get("train") else []
+    return out + [f"eval:{m['id']}" for m in config["models"]]
+
+
+def tokenizer(context_length: int = 77):
+    """open_clip's bundled CLIP BPE tokenizer (no download), padding/truncating to context_length."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context_length)
+
+
+def templates(config: dict) -> list[str]:
+    if config["templates"] == "openai_imagenet":
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        return list(OPENAI_IMAGENET_TEMPLATES)
+    return list(config["templates"])
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _attributes(x: torch.Tensor, thresholds: tuple[float, float] | None = None):
+    """Per image: inked area and mean ink (28×28 grayscale in [0, 1]); words by the training medians."""
+    ink = x > 0.1
+    area = ink.float().mean(dim=(1, 2))
+    darkness = (x * ink).sum(dim=(1, 2)) / ink.sum(dim=(1, 2)).clamp(min=1)
+    thresholds = thresholds or (area.median().item(), darkness.median().item())
+    size = np.where(area.numpy() > thresholds[0], "large", "small")
+    tone = np.where(darkness.numpy() > thresholds[1], "light", "dark")  # Fashion-MNIST ink is bright on black
+    return size, tone, thresholds
+
+
+def _raw(data: data_lib.ImageData, idx: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(data.dataset[idx]["image"], dtype=np.float32) / 255.0)
+
+
+def caption(template: str, classname: str, size: str = "", tone: str = "") -> str:
+    words = " ".join(w for w in (size, tone, classname) if w)
+    return template.format(words)
+
+
+def build_clip(spec: dict) -> CLIP:
+    m = spec["model"]
+    return CLIP(CLIPConfig(embed_dim=m["embed_dim"], vision=clip_vision_config(num_classes=m["embed_dim"],
+                                                                               **m["vision"]),
+                           text=CLIPTextConfig(**m["text"])))
+
+
+def checkpoint_path(cache_dir: Path, config: dict, device: torch.device | str) -> Path:
+    """Where the trained CLIP is kept: by what it was trained on and with, and the kind of device."""
+    keep = {k: config[k] for k in ("classnames", "train")} | {"device": device_kind(device)}
+    return Path(cache_dir) / "checkpoints" / "zero_shot" / stable_hash(keep) / "clip.pt"
+
+
+def trained_clip(config: dict, ctx: Context) -> tuple[CLIP, dict]:
+    """The default profile's CLIP: from its checkpoint, or trained now (deterministic) and saved."""
+    spec = config["train"]
+    path = checkpoint_path(ctx.cache_dir, config, ctx.device)
+    model = build_clip(spec)
+    if distributed.active():  # under torchrun: rank 0 trains (or finds the checkpoint), then every rank loads it
+        if distributed.is_main():
+            trained_clip_single(config, ctx)
+        distributed.barrier()
+        ckpt = distributed.broadcast(torch.load(path, map_location="cpu", weights_only=False)
+                                     if distributed.is_main() else None)
+        model.load_state_dict(ckpt["state_dict"])
+        return model.to(ctx.device).eval(), ckpt["stats"]
+    return trained_clip_single(config, ctx)
+
+
+def trained_clip_single(config: dict, ctx: Context) -> tuple[CLIP, dict]:
+    spec = config["train"]
+    path = checkpoint_path(ctx.cache_dir, config, ctx.device)
+    model = build_clip(spec)
+    if path.exists():
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["state_dict"])
+        return model.to(ctx.device).eval(), ckpt["stats"]
+
+    d = spec["data"]
+    train_set = data_lib.load(d["name"], "train")
+    idx = data_lib.balanced_subset(train_set.labels, d["per_class"], seed=d["subset_seed"])
+    x, _ = data_lib.grayscale_tensors(train_set, idx, channels=3)
+    labels = train_set.labels[idx]
+    size, tone, thresholds = _attributes(_raw(train_set, idx))
+    # every caption there can be, tokenised once: table[class, large?, light?, template, say size?, say tone?]
+    tok = tokenizer(spec["model"]["text"]["context_length"])
+    names, temps, p = config["classnames"], spec["templates"], spec["attribute_prob"]
+    keys = [(c, a, b, t, s, u) for c in range(len(names)) for a in range(2) for b in range(2)
+            for t in range(len(temps)) for s in range(2) for u in range(2)]
+    table = tok([caption(temps[t], names[c], ("small", "large")[a] if s else "", ("dark", "light")[b] if u else "")
+                 for c, a, b, t, s, u in keys]).reshape(len(names), 2, 2, len(temps), 2, 2, -1)
+    label = torch.from_numpy(np.asarray(labels))
+    large, light = torch.from_numpy(size == "large").long(), torch.from_numpy(tone == "light").long()
+
+    def captions(batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        t = torch.randint(0, len(temps), (len(batch),), generator=g)
+        say_size = (torch.rand(len(batch), generator=g) < p).long()
+        say_tone = (torch.rand(len(batch), generator=g) < p).long()
+        return table[label[batch], large[batch], light[batch], t, say_size, say_tone]
+
+    torch.manual_seed(spec["seed"])
+    model = build_clip(spec).to(ctx.device)
+    recipe = Recipe(label_smoothing=0.0, **spec["recipe"])
+    stats = train_clip(model, x.to(ctx.device), captions, recipe, seed=spec["seed"], desc=f"train {spec['id']}")
+    stats.update(train_images=len(idx), steps=recipe.steps, attribute_thresholds=list(thresholds),
+                 params=sum(q.numel() for q in model.parameters()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "stats": stats, "config": spec}, tmp)
+    tmp.replace(path)
+    return model.eval(), stats
+
+
+# -------------------------------------------------------------------------------------------- evaluation
+def _features(encode, data, transform, idx, model_id: str, weights: str, config: dict, ctx: Context, desc: str):
+    cache = ctx.cache_dir if ctx.use_cache else None
+    return extract(encode, data, transform, indices=idx, model_id=model_id, weights=weights, device=ctx.device,
+                   cache_dir=cache, batch_size=config.get("batch_size", 256), desc=desc)
+
+
+def _eval_default(config: dict, ctx: Context) -> list[dict]:
+    model, stats = trained_clip(config, ctx)
+    spec, d = config["train"], config["data"]
+    test = data_lib.load(d["name"], d["split"])
+    train_set = data_lib.load(spec["data"]["name"], "train")
+    names, held_out = config["classnames"], templates(config)
+    tok = tokenizer(spec["model"]["text"]["context_length"])
+    transform = data_lib.GrayscaleTransform(channels=3)
+    weights = weights_hash(model)
+    common = {"weights": f"trained ({spec['id']})", "dataset": d["name"], "temperature": stats["temperature"],
+              "logit_scale": stats["logit_scale"], "train_images": stats["train_images"]}
+
+    test_idx = data_lib.balanced_subset(test.labels, d["test_per_class"], seed=0)
+    feats = _features(model.encode_image, test, transform, test_idx, spec["id"], weights, config, ctx, "test")
+    image_features = torch.from_numpy(feats.features)
+    rows, preds = [], {}
+    for label, temps in (("held-out", held_out), ("training", spec["templates"])):
+        clf = zero_shot_classifier(model, tok, names, temps, device=ctx.device).cpu()
+        m = classification_metrics(image_features, clf, feats.labels)
+        preds[label] = m.pop("predictions")
+        rows.append({"model": spec["id"], "library": "reference", "task": "classification",
+                     "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m, **common})
+
+    # the linear probe on the same image tower (its embeddings), beside zero-shot
+    probe_idx = data_lib.balanced_subset(train_set.labels, config["probe"]["train_per_class"], seed=0)
+    ftr = _features(model.encode_image, train_set, transform, probe_idx, spec["id"], weights, config, ctx,
+                    "probe train")
+    res = linear_probe(ftr.features, ftr.labels, feats.features, feats.labels, num_classes=len(names),
+                       seed=ctx.seed, device=ctx.device, val_fraction=config["probe"]["val_fraction"])
+    rows.append({"model": spec["id"], "library": "reference", "task": "linear probe", "templates": "",
+                 "images": len(feats.labels), "top1": res.top1, "top5": res.top5,
+                 "mean_per_class_recall": res.mean_per_class_recall, "probe_train_images": len(ftr.labels),
+                 **common})
+
+    # retrieval: the first retrieval_per_class test images of each class, one held-out-template caption each
+    r_idx = data_lib.balanced_subset(test.labels, d["retrieval_per_class"], seed=0)
+    size, tone, _ = _attributes(_raw(test, r_idx), tuple(stats["attribute_thresholds"]))
+    texts = [caption(held_out[j % len(held_out)], names[test.labels[i]], size[j], tone[j])
+             for j, i in enumerate(r_idx)]
+    with torch.no_grad():
+        text_features = model.encode_text(tok(texts).to(ctx.device)).cpu()
+    rf = _features(model.encode_image, test, transform, r_idx, spec["id"], weights, config, ctx, "retrieval")
+    rec = retrieval_recall(torch.from_numpy(rf.features), text_features, np.arange(len(r_idx)), RECALL_KS)
+    rows.append({"model": spec["id"], "library": "reference", "task": "retrieval",
+                 "templates": f"held-out ({len(held_out)})", "images": len(r_idx), "captions": len(texts),
+                 "distinct_captions": len(set(texts)), **rec,
+                 **{f"chance_R@{k}": 100.0 * k / len(r_idx) for k in RECALL_KS}, **common})
+
+    # open_clip with the same weights: the same classifier (open_clip's own builder) and the same predictions
+    oc = to_open_clip(model)
+    import open_clip
+
+    clf_ref = zero_shot_classifier(model, tok, names, held_out, device=ctx.device)
+    clf_oc = open_clip.build_zero_shot_classifier(oc, tok, names, held_out, device=ctx.device)
+    oc_feats = _features(oc.encode_image, test, transform, test_idx, f"{spec['id']} (open_clip)", weights,
+                         config, ctx, "test (open_clip)")
+    m = classification_metrics(torch.from_numpy(oc_feats.features), clf_oc.cpu(), oc_feats.labels)
+    pred = m.pop("predictions")
+    rows.append({"model": spec["id"], "library": "open_clip", "task": "classification",
+                 "templates": f"held-out ({len(held_out)})", "images": len(oc_feats.labels), **m, **common,
+                 "classifier_max_abs_diff": (clf_ref - clf_oc).abs().max().item(),
+                 "prediction_agreement": float((pred == preds["held-out"]).mean())})
+    return rows
+
+
+def _eval_pretrained(spec: dict, config: dict, ctx: Context) -> list[dict]:
+    """One open_clip model (and the reference converted from it) on the configured data set."""
+    import open_clip
+
+    d = config["data"]
+    kwargs = {"root": d["imagenet_dir"]} if d.get("imagenet_dir") else {}
+    data = data_lib.load(d["name"], d["split"], **kwargs)
+    idx = data_lib.balanced_subset(data.labels, d["test_per_class"], seed=0) if d.get("test_per_class") else None
+    names = data.classnames if config["classnames"] == "imagenet" else config["classnames"]
+    temps = templates(config)
+    encoder = load_encoder(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
+    tok = open_clip.get_tokenizer(spec["name"])
+    published = {"published_top1": spec["published_top1"], "published_source": config["published_source"]} \
+        if "published_top1" in spec else {}
+    rows, preds, classifiers = [], {}, {}
+    encoders = [encoder] + ([reference(encoder)] if spec.get("with_reference") else [])
+    for enc in encoders:
+        t0 = time.perf_counter()
+        clf = zero_shot_classifier(enc.module, tok, names, temps, device=ctx.device)
+        feats = _features(enc.encode, data, enc.transform, idx, enc.id, enc.weights, config, ctx, enc.id)
+        m = classification_metrics(torch.from_numpy(feats.features), clf.cpu(), feats.labels)
+        preds[enc.library], classifiers[enc.library] = m.pop("predictions"), clf
+        rows.append({"model": spec["id"], "library": enc.library, "weights": spec.get("weights", "random"),
+                     "dataset": d["name"], "task": "classification", "templates": f"{config['templates']} "
+                     f"({len(temps)})", "images": len(feats.labels), **m, **published,
+                     "skipped_images": len(feats.skipped), "seconds": time.perf_counter() - t0})
+    rows[0]["classifier_max_abs_diff"] = (zero_shot_classifier(encoder.module, tok, names, temps, device=ctx.device)
+                                          - open_clip.build_zero_shot_classifier(encoder.module, tok, names, temps,
+                                                                                 device=ctx.device)).abs().max().item()
+    if len(rows) == 2:
+        rows[1]["classifier_max_abs_diff"] = (classifiers["reference"] - classifiers["open_clip"]).abs().max().item()
+        rows[1]["prediction_agreement"] = float((preds["reference"] == preds["open_clip"]).mean())
+    return rows
+
+
+def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
+    kind, _, model_id = unit.partition(":")
+    train = config.get("train")
+    if kind == "train":
+        _, stats = trained_clip(config, ctx)
+        return [{"model": model_id, "library": "reference", "task": "training", "weights": "trained (here)",
+                 "dataset": train["data"]["name"], **{k: v for k, v in stats.items() if k != "attribute_thresholds"}}]
+    if train and model_id == train["id"]:
+        return _eval_default(config, ctx)
+    return _eval_pretrained(next(m for m in config["models"] if m["id"] == model_id), config, ctx)
+
+
+def tables(rows: list[dict], config: dict) -> list[Table]:
+    df = pd.DataFrame(rows)
+    if "published_top1" in df:
+        df["diff_vs_published"] = df["top1"] - df["published_top1"]
+    recall = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in RECALL_KS]
+    cols = ["model", "library", "weights", "task", "templates", "images", "top1", "top5", "mean_per_class_recall",
+            *recall, "chance_R@1", "distinct_captions", "temperature", "classifier_max_abs_diff",
+            "prediction_agreement", "published_top1", "diff_vs_published", "final_loss", "train_seconds"]
+    if config.get("train"):
+        t = config["train"]
+        notes = (
+            "**What the default profile measures: the whole zero-shot pipeline on self-trained weights, not a "
+            "pretrained CLIP.** No pretrained CLIP is reachable offline, so a small reference CLIP "
+            f"({t['model']['vision']['depth']}-block ViT image tower, patch {t['model']['vision']['patch_size']}, "
+            f"{t['model']['text']['depth']}-block text tower, embedding {t['model']['embed_dim']}) is trained here "
+            f"from scratch with harness.clip_loss and a learned temperature on {t['data']['per_class'] * 10:,} "
+            "Fashion-MNIST training images, each paired with a caption drawn every step from "
+            f"{len(t['templates'])} training templates, the class name and, with probability "
+            f"{t['attribute_prob']}, each of two attributes measured on the image (small/large, dark/light). "
+            f"Zero-shot classification uses {len(config['templates'])} templates held out from training (the "
+            "training templates are shown as a second row) on class-balanced test images; retrieval pairs each "
+            "of the test images in its pool with one held-out-template caption with its attributes — captions "
+            "repeat across images (see distinct_captions), which bounds text-to-image recall well below 100. "
+            "`linear probe`: harness.linear_probe on the same image tower's embeddings. `open_clip` row: the "
+            "same weights in an open_clip CLIP; classifier_max_abs_diff compares open_clip's "
+            "build_zero_shot_classifier with harness.zero_shot_classifier, prediction_agreement the predicted "
+            "class image by image. The full profile measures pretrained open_clip weights on ImageNet "
+            "validation with open_clip's 1,000 class names and OpenAI's 80 templates, beside open_clip's "
+            "published top-1.")
+    else:
+        notes = ("Zero-shot ImageNet classification with open_clip's class names and OpenAI's 80 templates; "
+                 "published_top1 from " + config.get("published_source", "") + ". The reference row is the "
+                 "reference CLIP converted from the same weights (prediction_agreement: image by image).")
+    return [Table("zero_shot", df, "CLIP zero-shot classification and retrieval",
+                  "CLIP zero-shot classification (held-out templates), retrieval recall@k, learned temperature, "
+                  "linear probe beside it; open_clip on the same weights",
+                  [c for c in cols if c in df], notes)]

@@ -1,0 +1,173 @@
+"""torchrun with gloo on CPU: the same tables as one process, every image once, a failing rank stops cleanly."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+
+from harness import cli, distributed
+from harness.results import REPO_ROOT
+from tests.test_cli import TINY_SUITE
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+
+def torchrun(args: list[str], nproc: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or ENV, cwd=REPO_ROOT, timeout=600)
+
+
+def test_shard_and_unshard_cover_every_position_once():
+    for n in range(0, 12):
+        for world in (1, 2, 3, 5):
+            parts = [list(range(n))[slice(r, n, world)] for r in range(world)]
+            assert sorted(x for p in parts for x in p) == list(range(n))  # disjoint and complete
+            assert distributed.unshard(parts, n) == list(range(n))
+
+
+EXTRACT = '''
+import sys
+import numpy as np
+import torch
+from harness import data, distributed
+from harness.features import extract
+
+distributed.init_from_env()
+test = data.load("fashion_mnist", "test")
+rows = np.arange(3, 3 + int(sys.argv[2]))  # 25 rows: does not divide by 2 ranks
+with distributed.data_parallel():
+    f = extract(lambda x: x.flatten(1), test, data.GrayscaleTransform(), indices=rows, model_id="pixels",
+                weights="none", batch_size=4, chunk_size=10)
+if distributed.is_main():
+    np.savez(sys.argv[1], features=f.features, labels=f.labels, indices=f.indices)
+'''
+
+
+def test_feature_extraction_shards_and_gathers_in_order(tmp_path):
+    script = tmp_path / "extract.py"
+    script.write_text(EXTRACT)
+    out = tmp_path / "features.npz"
+    proc = torchrun([str(script), str(out), "25"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(out)
+    from harness import data
+    from harness.features import extract
+
+    test = data.load("fashion_mnist", "test")
+    single = extract(lambda x: x.flatten(1), test, data.GrayscaleTransform(), indices=np.arange(3, 28),
+                     model_id="pixels", weights="none", batch_size=4, chunk_size=10)
+    assert got["indices"].tolist() == list(range(3, 28))  # every image once, in data-set order
+    assert np.array_equal(got["features"], single.features) and np.array_equal(got["labels"], single.labels)
+
+
+def _suite_dir(tmp_path, name: str, text: str):
+    d = tmp_path / "suites"
+    d.mkdir(exist_ok=True)
+    (d / f"{name}.py").write_text(textwrap.dedent(text))
+    return d
+
+
+def test_agreement_under_torchrun_equals_one_process(tmp_path):
+    """Units mode: each rank runs every other unit; rank 0 gathers and writes the same table."""
+    suites = _suite_dir(tmp_path, "tiny_agreement", TINY_SUITE)
+    common = ["run", "tiny_agreement", "--device", "cpu", "--suites-dir", str(suites)]
+    assert cli.main([*common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")]) == 0
+    proc = torchrun(["-m", "harness", *common, "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for table in ("agreement", "agreement_blocks", "agreement_attention"):
+        one, two = pd.read_csv(tmp_path / "one" / f"{table}.csv"), pd.read_csv(tmp_path / "two" / f"{table}.csv")
+        assert len(one) == len(two) and list(one.columns) == list(two.columns)
+        keys = [c for c in ("unit", "model", "check", "stage", "dtype", "backend", "comparison", "mask", "heads")
+                if c in one]
+        pd.testing.assert_frame_equal(one[keys], two[keys])  # the same rows in the same order
+        err = [c for c in ("max_abs_err", "rel_err") if c in one]
+        np.testing.assert_allclose(two[err].to_numpy(float), one[err].to_numpy(float), rtol=0, atol=1e-6)
+        assert (two["result"] == one["result"]).all()
+
+
+ZERO_SHOT = '''
+"""Zero-shot on a tiny self-trained CLIP (test suite)."""
+import importlib.util, pathlib
+NAME = "tiny_zero_shot"
+VERSION = 1
+EVALUATOR = "zero_shot"
+
+def get_config(profile):
+    spec = importlib.util.spec_from_file_location("zs", pathlib.Path({repo!r}) / "suites" / "zero_shot.py")
+    zs = importlib.util.module_from_spec(spec); spec.loader.exec_module(zs)
+    cfg = zs.get_config("default")
+    cfg["data"].update(test_per_class=15, retrieval_per_class=5)
+    cfg["train"]["data"]["per_class"] = 40
+    cfg["train"]["recipe"].update(steps=20, batch_size=64)
+    cfg["train"]["model"]["vision"].update(depth=1)
+    cfg["probe"]["train_per_class"] = 15
+    return cfg
+'''
+
+
+def test_zero_shot_under_torchrun_equals_one_process(tmp_path):
+    """Data mode: every rank extracts half of each feature set; the table equals a single process's."""
+    suites = _suite_dir(tmp_path, "tiny_zero_shot", ZERO_SHOT.format(repo=str(REPO_ROOT)))
+    common = ["run", "tiny_zero_shot", "--device", "cpu", "--suites-dir", str(suites)]
+    assert cli.main([*common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")]) == 0
+    # the second run gets the trained CLIP (trained once, in the first run) and nothing else: its features,
+    # zero-shot and retrieval numbers are computed again, data-parallel
+    (tmp_path / "c2").mkdir()
+    subprocess.run(["cp", "-r", str(tmp_path / "c1" / "checkpoints"), str(tmp_path / "c2")], check=True)
+    proc = torchrun(["-m", "harness", *common, "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = pd.read_csv(tmp_path / "one" / "zero_shot.csv"), pd.read_csv(tmp_path / "two" / "zero_shot.csv")
+    pd.testing.assert_frame_equal(one[["task", "library", "templates", "images"]],
+                                  two[["task", "library", "templates", "images"]])
+    metrics = [c for c in one if c.startswith(("top", "mean_per_class", "image_to_text", "text_to_image"))
+               or c in ("temperature", "prediction_agreement", "classifier_max_abs_diff")]
+    np.testing.assert_allclose(two[metrics].to_numpy(float), one[metrics].to_numpy(float), rtol=0, atol=1e-6)
+
+
+FAILING = '''
+"""Four units; unit 3 (run by rank 1 of 2) fails while VITCLIP_TEST_FAIL is set."""
+import os
+import pandas as pd
+from harness.suite import Table
+
+def units(config, ctx):
+    return ["u0", "u1", "u2", "u3"]
+
+def run_unit(unit, config, ctx):
+    if unit == "u3" and os.environ.get("VITCLIP_TEST_FAIL"):
+        raise ValueError("the disk is full")
+    return [{"unit_name": unit, "value": int(unit[1:]) ** 2}]
+
+def tables(rows, config):
+    return [Table("flaky", pd.DataFrame(rows), "flaky", "a test table")]
+'''
+
+FAILING_SUITE = '''
+NAME = "flaky"
+VERSION = 1
+EVALUATOR = "vitclip_test_plugins.flaky"  # a dotted path: any importable module
+
+def get_config(profile):
+    return {}
+'''
+
+
+def test_failing_rank_stops_the_run_and_the_rerun_reuses_the_cache(tmp_path):
+    suites = _suite_dir(tmp_path, "flaky", FAILING_SUITE)
+    (tmp_path / "vitclip_test_plugins").mkdir()
+    (tmp_path / "vitclip_test_plugins" / "__init__.py").write_text("")
+    (tmp_path / "vitclip_test_plugins" / "flaky.py").write_text(FAILING)
+    env = {**ENV, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{tmp_path}"}
+    args = ["-m", "harness", "run", "flaky", "--device", "cpu", "--suites-dir", str(suites), "--out",
+            str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    failed = torchrun(args, env={**env, "VITCLIP_TEST_FAIL": "1"})
+    assert failed.returncode != 0
+    assert "rank 1 of 2: unit 'u3' failed (ValueError: the disk is full)" in failed.stderr
+    assert not (tmp_path / "out").exists()  # no table, not even half of one
+    rerun = torchrun(args, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "reused 3 of 4 finished units" in rerun.stdout
+    assert pd.read_csv(tmp_path / "out" / "flaky.csv")["value"].tolist() == [0, 1, 4, 9]
