@@ -95,3 +95,13 @@ def test_unknown_suite_and_list(capsys):
 def test_module_entry_point_help():
     proc = subprocess.run([sys.executable, "-m", "harness", "run", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--profile" in proc.stdout and "--dtype" in proc.stdout
+
+
+def test_gpu_check_without_a_gpu_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: nox -s gpu runs the real check")
+    with pytest.raises(SystemExit, match="no GPU|needs a CUDA device"):
+        cli.main(["gpu-check", "--out", str(tmp_path / "gpu")])
+    assert not (tmp_path / "gpu").exists()
