@@ -11,6 +11,7 @@ import pandas as pd
 from harness import cli, distributed
 from harness.results import REPO_ROOT
 from tests.test_cli import TINY_SUITE
+from tests.test_zero_shot import SUITE as TINY_ZERO_SHOT
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
 
@@ -88,29 +89,9 @@ def test_agreement_under_torchrun_equals_one_process(tmp_path):
         assert (two["result"] == one["result"]).all()
 
 
-ZERO_SHOT = '''
-"""Zero-shot on a tiny self-trained CLIP (test suite)."""
-import importlib.util, pathlib
-NAME = "tiny_zero_shot"
-VERSION = 1
-EVALUATOR = "zero_shot"
-
-def get_config(profile):
-    spec = importlib.util.spec_from_file_location("zs", pathlib.Path({repo!r}) / "suites" / "zero_shot.py")
-    zs = importlib.util.module_from_spec(spec); spec.loader.exec_module(zs)
-    cfg = zs.get_config("default")
-    cfg["data"].update(test_per_class=15, retrieval_per_class=5)
-    cfg["train"]["data"]["per_class"] = 40
-    cfg["train"]["recipe"].update(steps=20, batch_size=64)
-    cfg["train"]["model"]["vision"].update(depth=1)
-    cfg["probe"]["train_per_class"] = 15
-    return cfg
-'''
-
-
 def test_zero_shot_under_torchrun_equals_one_process(tmp_path):
     """Data mode: every rank extracts half of each feature set; the table equals a single process's."""
-    suites = _suite_dir(tmp_path, "tiny_zero_shot", ZERO_SHOT.format(repo=str(REPO_ROOT)))
+    suites = _suite_dir(tmp_path, "tiny_zero_shot", TINY_ZERO_SHOT.format(repo=str(REPO_ROOT)))
     common = ["run", "tiny_zero_shot", "--device", "cpu", "--suites-dir", str(suites)]
     assert cli.main([*common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")]) == 0
     # the second run gets the trained CLIP (trained once, in the first run) and nothing else: its features,

@@ -192,6 +192,12 @@ def plot(s: pd.DataFrame, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for arch, g in s.groupby("architecture"):
+        if len(g) == 1:  # one size (timm's ViT): a hollow square with its interval as error bars, drawn on top
+            err = [g["accuracy_mean"] - g["ci95_low"], g["ci95_high"] - g["accuracy_mean"]]
+            ax.errorbar(g["train_images"], g["accuracy_mean"], yerr=err, marker="s", markersize=10,
+                        fillstyle="none", capsize=6, linestyle="none", zorder=3,
+                        label=f"{arch} ({int(g['train_images'].iloc[0]):,} images only)")
+            continue
         ax.plot(g["train_images"], g["accuracy_mean"], marker="o", label=arch)
         ax.fill_between(g["train_images"], g["ci95_low"], g["ci95_high"], alpha=0.2)
     ax.set_xscale("log")
