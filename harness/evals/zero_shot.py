@@ -269,6 +269,10 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
 
 def tables(rows: list[dict], config: dict) -> list[Table]:
     df = pd.DataFrame(rows)
+    for c in ("images", "captions", "distinct_captions", "train_images", "probe_train_images", "steps", "params",
+              "skipped_images"):
+        if c in df:  # counts stay integers in the tables although other rows leave them empty
+            df[c] = pd.Series([int(v) if v == v else float("nan") for v in df[c]], index=df.index, dtype=object)
     if "published_top1" in df:
         df["diff_vs_published"] = df["top1"] - df["published_top1"]
     recall = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in RECALL_KS]
