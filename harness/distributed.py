@@ -76,14 +76,6 @@ def shard(n: int) -> slice:
     return slice(rank(), n, world_size())
 
 
-def unshard(parts: list, n: int) -> list:
-    """Inverse of shard: parts[r] holds the items at positions r, r + W, ...; back to positions 0..n-1."""
-    out = [None] * n
-    for r, part in enumerate(parts):
-        out[r::len(parts)] = part
-    return out
-
-
 def all_gather(obj) -> list:
     """obj from every rank, in rank order (a list of one outside a process group)."""
     if world_size() == 1:

@@ -43,7 +43,9 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _save_atomic(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a unique temporary file beside `path`, then rename: never half a file, even when two
+    processes write the same path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -53,6 +55,12 @@ def _save_atomic(obj, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _empty(skipped: list[str]) -> dict:
+    """A chunk piece with no readable image."""
+    return {"features": np.zeros((0, 0), np.float32), "labels": np.zeros(0, np.int64),
+            "indices": np.zeros(0, np.int64), "skipped": skipped}
 
 
 def _compute(encode, subset, batch_size: int, device, dtype, bar) -> dict:
@@ -66,8 +74,7 @@ def _compute(encode, subset, batch_size: int, device, dtype, bar) -> dict:
             idx.append(rows)
         bar.update(len(errors) + (0 if images is None else len(images)))
     if not feats:
-        return {"features": np.zeros((0, 0), np.float32), "labels": np.zeros(0, np.int64),
-                "indices": np.zeros(0, np.int64), "skipped": bad}
+        return _empty(bad)
     return {"features": torch.cat(feats).numpy(), "labels": torch.cat(labels).numpy(),
             "indices": torch.cat(idx).numpy(), "skipped": bad}
 
@@ -77,8 +84,7 @@ def _merge(parts: list[dict], order: np.ndarray) -> dict:
     parts = [p for p in parts if len(p["labels"])]
     skipped = sorted(s for p in parts for s in p["skipped"]) if parts else []
     if not parts:
-        return {"features": np.zeros((0, 0), np.float32), "labels": np.zeros(0, np.int64),
-                "indices": np.zeros(0, np.int64), "skipped": skipped}
+        return _empty(skipped)
     position = {int(row): k for k, row in enumerate(order)}
     rows = np.concatenate([p["indices"] for p in parts])
     sort = np.argsort([position[int(r)] for r in rows], kind="stable")
@@ -132,7 +138,7 @@ def extract(
             else:
                 part = _compute(encode, torch.utils.data.Subset(dataset, chunk), batch_size, device, dtype, bar)
             if path is not None and distributed.is_main():
-                _save_atomic(part, path)
+                save_atomic(part, path)
             computed += 1
         parts.append(part)
         skipped += part["skipped"]

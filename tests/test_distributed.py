@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 
-from harness import cli, distributed
+from harness import cli
 from harness.results import REPO_ROOT
 from tests.test_cli import TINY_SUITE
 from tests.test_zero_shot import SUITE as TINY_ZERO_SHOT
@@ -19,14 +19,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONP
 def torchrun(args: list[str], nproc: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env or ENV, cwd=REPO_ROOT, timeout=600)
-
-
-def test_shard_and_unshard_cover_every_position_once():
-    for n in range(0, 12):
-        for world in (1, 2, 3, 5):
-            parts = [list(range(n))[slice(r, n, world)] for r in range(world)]
-            assert sorted(x for p in parts for x in p) == list(range(n))  # disjoint and complete
-            assert distributed.unshard(parts, n) == list(range(n))
 
 
 EXTRACT = '''

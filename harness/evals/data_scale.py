@@ -16,6 +16,7 @@ import torch
 
 from .. import data as data_lib
 from ..cnn import SmallResNet
+from ..features import save_atomic
 from ..reference.vit import ViT, ViTConfig
 from ..results import device_kind, stable_hash
 from ..suite import Context, Table
@@ -131,10 +132,7 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
                   desc=f"{arch_id} n={len(idx)} seed={seed}")
     acc = accuracy(model, x_test.to(ctx.device), y_test.to(ctx.device))
     path = checkpoint_path(ctx.cache_dir, config, unit, ctx.device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"arch": arch, "state_dict": model.state_dict(), "unit": unit}, tmp)
-    tmp.replace(path)
+    save_atomic({"arch": arch, "state_dict": model.state_dict(), "unit": unit}, path)
     return [{
         "architecture": arch_id, "kind": arch["kind"], "train_images": len(idx), "per_class": per_class,
         "fraction": len(idx) / train_total, "seed": seed, "test_accuracy": acc, "test_images": len(y_test),

@@ -22,7 +22,7 @@ from .. import data as data_lib
 from .. import distributed
 from ..adapters import load_encoder, reference
 from ..convert.open_clip import to_open_clip
-from ..features import extract, weights_hash
+from ..features import extract, save_atomic, weights_hash
 from ..linear_probe import linear_probe
 from ..reference.clip import CLIP, CLIPConfig, CLIPTextConfig, clip_vision_config
 from ..results import device_kind, stable_hash
@@ -89,30 +89,28 @@ def checkpoint_path(cache_dir: Path, config: dict, device: torch.device | str) -
 
 
 def trained_clip(config: dict, ctx: Context) -> tuple[CLIP, dict]:
-    """The default profile's CLIP: from its checkpoint, or trained now (deterministic) and saved."""
-    spec = config["train"]
+    """The default profile's CLIP: trained once (deterministic) and saved, then read from its checkpoint.
+    Under torchrun rank 0 trains (or finds the checkpoint) and broadcasts it to the other ranks."""
     path = checkpoint_path(ctx.cache_dir, config, ctx.device)
-    model = build_clip(spec)
-    if distributed.active():  # under torchrun: rank 0 trains (or finds the checkpoint), then every rank loads it
+    if distributed.active():
         if distributed.is_main():
-            trained_clip_single(config, ctx)
+            _train_once(config, ctx, path)
         distributed.barrier()
         ckpt = distributed.broadcast(torch.load(path, map_location="cpu", weights_only=False)
                                      if distributed.is_main() else None)
-        model.load_state_dict(ckpt["state_dict"])
-        return model.to(ctx.device).eval(), ckpt["stats"]
-    return trained_clip_single(config, ctx)
-
-
-def trained_clip_single(config: dict, ctx: Context) -> tuple[CLIP, dict]:
-    spec = config["train"]
-    path = checkpoint_path(ctx.cache_dir, config, ctx.device)
-    model = build_clip(spec)
-    if path.exists():
+    else:
+        _train_once(config, ctx, path)
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["state_dict"])
-        return model.to(ctx.device).eval(), ckpt["stats"]
+    model = build_clip(config["train"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(ctx.device).eval(), ckpt["stats"]
 
+
+def _train_once(config: dict, ctx: Context, path: Path) -> None:
+    """Train the CLIP and save it at `path`, unless a checkpoint is there already."""
+    if path.exists():
+        return
+    spec = config["train"]
     d = spec["data"]
     train_set = data_lib.load(d["name"], "train")
     idx = data_lib.balanced_subset(train_set.labels, d["per_class"], seed=d["subset_seed"])
@@ -141,11 +139,7 @@ def trained_clip_single(config: dict, ctx: Context) -> tuple[CLIP, dict]:
     stats = train_clip(model, x.to(ctx.device), captions, recipe, seed=spec["seed"], desc=f"train {spec['id']}")
     stats.update(train_images=len(idx), steps=recipe.steps, attribute_thresholds=list(thresholds),
                  params=sum(q.numel() for q in model.parameters()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "stats": stats, "config": spec}, tmp)
-    tmp.replace(path)
-    return model.eval(), stats
+    save_atomic({"state_dict": model.state_dict(), "stats": stats, "config": spec}, path)
 
 
 # -------------------------------------------------------------------------------------------- evaluation
@@ -170,10 +164,10 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
     test_idx = data_lib.balanced_subset(test.labels, d["test_per_class"], seed=0)
     feats = _features(model.encode_image, test, transform, test_idx, spec["id"], weights, config, ctx, "test")
     image_features = torch.from_numpy(feats.features)
-    rows, preds = [], {}
+    rows, preds, classifiers = [], {}, {}
     for label, temps in (("held-out", held_out), ("training", spec["templates"])):
-        clf = zero_shot_classifier(model, tok, names, temps, device=ctx.device).cpu()
-        m = classification_metrics(image_features, clf, feats.labels)
+        classifiers[label] = zero_shot_classifier(model, tok, names, temps, device=ctx.device)
+        m = classification_metrics(image_features, classifiers[label].cpu(), feats.labels)
         preds[label] = m.pop("predictions")
         rows.append({"model": spec["id"], "library": "reference", "task": "classification",
                      "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m, **common})
@@ -207,7 +201,7 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
     oc = to_open_clip(model)
     import open_clip
 
-    clf_ref = zero_shot_classifier(model, tok, names, held_out, device=ctx.device)
+    clf_ref = classifiers["held-out"]
     clf_oc = open_clip.build_zero_shot_classifier(oc, tok, names, held_out, device=ctx.device)
     oc_feats = _features(oc.encode_image, test, transform, test_idx, f"{spec['id']} (open_clip)", weights,
                          config, ctx, "test (open_clip)")
@@ -246,9 +240,8 @@ def _eval_pretrained(spec: dict, config: dict, ctx: Context) -> list[dict]:
                      "dataset": d["name"], "task": "classification", "templates": f"{config['templates']} "
                      f"({len(temps)})", "images": len(feats.labels), **m, **published,
                      "skipped_images": len(feats.skipped), "seconds": time.perf_counter() - t0})
-    rows[0]["classifier_max_abs_diff"] = (zero_shot_classifier(encoder.module, tok, names, temps, device=ctx.device)
-                                          - open_clip.build_zero_shot_classifier(encoder.module, tok, names, temps,
-                                                                                 device=ctx.device)).abs().max().item()
+    rows[0]["classifier_max_abs_diff"] = (classifiers["open_clip"] - open_clip.build_zero_shot_classifier(
+        encoder.module, tok, names, temps, device=ctx.device)).abs().max().item()
     if len(rows) == 2:
         rows[1]["classifier_max_abs_diff"] = (classifiers["reference"] - classifiers["open_clip"]).abs().max().item()
         rows[1]["prediction_agreement"] = float((preds["reference"] == preds["open_clip"]).mean())
