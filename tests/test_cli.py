@@ -17,7 +17,7 @@ EVALUATOR = "agreement"
 
 def get_config(profile):
     return {"models": ["vit_tiny_patch16_224"], "gradient_models": ["vit_tiny_patch16_224"], "weights": "random",
-            "photos": ["astronaut"], "random_inputs": 1, "dtypes": ["float64", "float32"], "gpu_dtypes": [],
+            "photos": ["astronaut"], "random_inputs": 1, "dtypes": ["float64", "float32"],
             "attention": {"batch": 2, "head_dim": 8, "seq_lens": [7], "heads": [1, 2], "masks": ["none", "padding"]}}
 '''
 

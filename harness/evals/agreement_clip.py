@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from ..convert.open_clip import convert_state_dict, from_open_clip
 from ..convert.timm import from_timm
 from ..models import image_batch, load_open_clip, load_timm, open_clip_transform
+from ..numerics import LOW_PRECISION, TOL, capture, cast, compare_gradients, dtype_of, sweep, verdict
 from ..reference.clip import clip_loss
-from .agreement import TOL, _cast, capture, dtype_of, sweep, verdict
 
 OUTPUTS = ["image_embedding", "text_embedding", "logits", "loss"]
 
@@ -67,26 +67,11 @@ def model_rows(name: str, weights: str, config: dict, ctx, dtypes: list[str]) ->
 
 def gradient_rows(name: str, weights: str, config: dict, ctx, dtypes: list[str]) -> list[dict]:
     """Gradients of the contrastive loss for every parameter: reference vs open_clip."""
-    model = load_open_clip(name, weights, seed=ctx.seed).to(ctx.device).double()
+    model = load_open_clip(name, weights, seed=ctx.seed).to(ctx.device)
     images, tokens = _inputs(model, config, ctx.seed, ctx.device)
-    rows = []
-    for dtype in [d for d in dtypes if d in TOL]:
-        lib_model = _cast(model, dtype)
-        ref = from_open_clip(lib_model)
-        grads = []
-        for m in (lib_model, ref):
-            m.zero_grad(set_to_none=True)
-            _outputs(m, images.to(dtype_of(dtype)), tokens)["loss"].backward()
-            grads.append({n: p.grad for n, p in m.named_parameters()})
-        lib_grads = convert_state_dict(grads[0], ref.config)
-        per_param = {n: verdict(dtype, grads[1][n], g) for n, g in lib_grads.items()}
-        worst = max(per_param, key=lambda n: per_param[n]["rel_err"])
-        flat = [torch.cat([d[n].flatten() for n in lib_grads]) for d in (grads[1], lib_grads)]
-        rows.append({"check": "gradients", "dtype": dtype, "backend": "explicit", "library": "open_clip",
-                     "n_inputs": len(images), "n_params": len(per_param), **verdict(dtype, *flat),
-                     "worst_param": worst, "worst_param_rel_err": per_param[worst]["rel_err"],
-                     "first_failing_stage": "none"})
-    return rows
+    rows = compare_gradients(model, from_open_clip, convert_state_dict,
+                             lambda m, dt: _outputs(m, images.to(dt), tokens)["loss"], dtypes, "open_clip")
+    return [{**r, "n_inputs": len(images)} for r in rows]
 
 
 def three_way_rows(name: str, timm_name: str, weights: str, config: dict, ctx, dtypes: list[str]) -> list[dict]:
@@ -100,7 +85,7 @@ def three_way_rows(name: str, timm_name: str, weights: str, config: dict, ctx, d
     rows = []
     for dtype in [d for d in dtypes if d in TOL]:
         dt = dtype_of(dtype)
-        oc_d, tm_d = _cast(oc, dtype), _cast(tm, dtype)
+        oc_d, tm_d = cast(oc, dtype), cast(tm, dtype)
         x = images.to(dt)
         with torch.no_grad():
             emb = {"open_clip": oc_d.encode_image(x), "timm": tm_d(x),
@@ -123,10 +108,13 @@ def loss_rows(cfg: dict, dtypes: list[str], device, seed: int) -> list[dict]:
     for n in cfg["batch_sizes"]:
         feats = [F.normalize(torch.randn(n, cfg["dim"], generator=g, dtype=torch.float64), dim=-1) for _ in range(2)]
         for scale in cfg["logit_scales"]:
-            for dtype in [d for d in dtypes if d in TOL]:
+            truth = ClipLoss()(*feats, torch.tensor(scale, dtype=torch.float64))
+            for dtype in dtypes:
                 img, txt = (f.to(device, dtype_of(dtype)) for f in feats)
                 s = torch.tensor(scale, dtype=dtype_of(dtype), device=device)
-                r = verdict(dtype, clip_loss(img, txt, s), ClipLoss()(img, txt, s), tol=cfg.get("tol", {}).get(dtype))
+                low = dtype in LOW_PRECISION
+                r = verdict(dtype, clip_loss(img, txt, s), ClipLoss()(img, txt, s), truth.to(device) if low else None,
+                            tol=None if low else cfg.get("tol", {}).get(dtype))
                 rows.append({"check": "clip_loss", "library": "open_clip ClipLoss", "batch": n, "logit_scale": scale,
                              "dtype": dtype, **r})
     return rows

@@ -32,11 +32,17 @@ def scaled_dot_product_attention(
 
     A query row whose keys are all masked out gives a row of zeros, the same as torch's math
     backend (a softmax over no keys is undefined; zero is the value that propagates no NaN).
+
+    bfloat16 / float16 inputs are computed in float32 (scores, softmax, sums and the weighted sum of V)
+    and the output rounded once to the input dtype, as fused kernels accumulate; float32 and float64 are
+    computed in their own dtype.
     """
     if is_causal and attn_mask is not None:
         raise ValueError("pass either attn_mask or is_causal=True, not both (torch's rule)")
     n, m = q.size(-2), k.size(-2)
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    out_dtype, acc = q.dtype, torch.promote_types(q.dtype, torch.float32)
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., N, M)
     if is_causal:
@@ -54,7 +60,7 @@ def scaled_dot_product_attention(
     weights = torch.exp(scores - row_max)
     denom = weights.sum(dim=-1, keepdim=True)
     weights = weights / torch.where(dead, torch.ones_like(denom), denom)
-    return weights @ v  # (..., N, d_v)
+    return (weights @ v).to(out_dtype)  # (..., N, d_v)
 
 
 def online_softmax_attention(
@@ -71,10 +77,12 @@ def online_softmax_attention(
     For each block of keys the scores S_b are formed, the running row maximum m is raised to cover them,
     and the running sum ℓ and output accumulator O are rescaled by exp(m_old - m_new) before the block's
     exp(S_b - m_new) is added. At the end O / ℓ is softmax(S) V exactly, up to round-off; the N×M score
-    matrix never exists. ``is_causal`` as in scaled_dot_product_attention (top-left aligned).
+    matrix never exists. ``is_causal`` and low precision as in scaled_dot_product_attention.
     """
     n, m = q.size(-2), k.size(-2)
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    out_dtype, acc = q.dtype, torch.promote_types(q.dtype, torch.float32)
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
     out = q.new_zeros(*q.shape[:-1], v.size(-1))  # (..., N, d_v) accumulator O
     row_max = q.new_full((*q.shape[:-1], 1), float("-inf"))  # m
     row_sum = q.new_zeros((*q.shape[:-1], 1))  # ℓ
@@ -92,7 +100,7 @@ def online_softmax_attention(
         row_sum = row_sum * rescale + weights.sum(dim=-1, keepdim=True)
         out = out * rescale + weights @ vb
         row_max = new_max
-    return out / torch.where(row_sum == 0, torch.ones_like(row_sum), row_sum)
+    return (out / torch.where(row_sum == 0, torch.ones_like(row_sum), row_sum)).to(out_dtype)
 
 
 class MultiHeadAttention(nn.Module):

@@ -129,10 +129,14 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     as encode_*(normalize=True) gives them; logit_scale = 1/τ = exp(s)):
         loss = ½ [ −1/N Σ_i log softmax_j(L)_ii  −  1/N Σ_j log softmax_i(L)_jj ]
     the mean of the image->text and text->image cross-entropies, the N matching pairs being the targets.
+    bfloat16 / float16 features are computed in float32 (the loss comes back in float32), as mixed-precision
+    training computes its loss.
     """
     if image_features.shape != text_features.shape:
         raise ValueError(f"image features {tuple(image_features.shape)} and text features "
                          f"{tuple(text_features.shape)} must both be (N, D) for N matching pairs")
+    acc = torch.promote_types(image_features.dtype, torch.float32)
+    image_features, text_features = image_features.to(acc), text_features.to(acc)
     logits = logit_scale * image_features @ text_features.T  # (N, N): row i = image i against every text
     image_to_text = -torch.diagonal(logits.log_softmax(dim=1)).mean()  # softmax over texts
     text_to_image = -torch.diagonal(logits.log_softmax(dim=0)).mean()  # softmax over images

@@ -1,0 +1,136 @@
+"""The tolerance rules (harness.numerics) and low-precision agreement on CPU, so that CI guards what a GPU runs."""
+
+import math
+
+import pandas as pd
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+
+import harness
+from harness.evals import agreement, agreement_clip
+from harness.numerics import errors, unit_roundoff, verdict, widening
+from harness.suite import Context
+from tests.test_clip import small_open_clip
+
+LOW = ["bfloat16", "float16"]
+
+
+def test_rule_floors_the_library_error_at_the_unit_roundoff():
+    truth = torch.tensor([1.0], dtype=torch.float64)
+    u = unit_roundoff("bfloat16")
+    lucky_library = truth * (1 + 0.01 * u)  # a library result that happens to land almost on the truth
+    reference = truth * (1 + 3 * u)  # three roundings off: still within the rule's bound for one scalar
+    row = verdict("bfloat16", reference, lucky_library, truth)
+    assert row["passed"] and row["tolerance"] == pytest.approx(2 * widening(1) * u)
+
+
+def test_rule_widens_for_small_tensors_and_not_for_large_ones():
+    assert widening(1) > 600 and 3.0 < widening(9) < 3.3 and widening(100_000) < 1.02
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(100_000, dtype=torch.float64, generator=g)
+    lib = truth + 1e-3 * torch.randn(100_000, dtype=torch.float64, generator=g)
+    ref = truth + 2.5e-3 * torch.randn(100_000, dtype=torch.float64, generator=g)  # 2.5x less accurate: fails
+    assert not verdict("float16", ref, lib, truth)["passed"]
+    ref = truth + 1.0e-3 * torch.randn(100_000, dtype=torch.float64, generator=g)  # as accurate: passes
+    assert verdict("float16", ref, lib, truth)["passed"]
+
+
+def test_equally_accurate_small_tensors_pass_at_the_stated_rate():
+    """Two implementations with errors of the same spread: the bare 2x rule fails 9-element tensors ~2.5% of the
+    time; the widened rule fails them at ~0.1%. 4,000 draws: expected failures 4 (widened) and ~100 (bare)."""
+    g = torch.Generator().manual_seed(1)
+    truth = torch.ones(4000, 9, dtype=torch.float64)
+    ref = truth + 1e-3 * torch.randn(4000, 9, dtype=torch.float64, generator=g)
+    lib = truth + 1e-3 * torch.randn(4000, 9, dtype=torch.float64, generator=g)
+    ratio = (ref - truth).norm(dim=1) / (lib - truth).norm(dim=1)
+    bare = (ratio > 2).sum().item()
+    widened = (ratio > 2 * widening(9)).sum().item()
+    assert 50 < bare < 160  # binomial(4000, 0.025): mean 100, sd 10
+    assert widened <= 15  # binomial(4000, 0.001): mean 4, sd 2
+
+
+def test_unknown_dtype_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown dtype 'float8'.*float64, float32, bfloat16, float16"):
+        harness.numerics.dtype_of("float8")
+
+
+def naive_low_precision_attention(q, k, v):
+    """Every step rounded to the input dtype (what the reference did before it accumulated in float32)."""
+    scores = (q @ k.transpose(-2, -1)) * (1 / math.sqrt(q.shape[-1]))
+    w = torch.exp(scores - scores.amax(-1, keepdim=True))
+    return (w / w.sum(-1, keepdim=True)) @ v
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_reference_attention_is_at_least_as_accurate_as_torch_in_low_precision(dtype):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (4 * torch.randn(2, 4, 197, 64, dtype=torch.float64, generator=g) for _ in range(3))
+    truth = F.scaled_dot_product_attention(q, k, v)
+    dt = getattr(torch, dtype)
+    low = [t.to(dt) for t in (q, k, v)]
+    lib = F.scaled_dot_product_attention(*low)
+    ref = harness.scaled_dot_product_attention(*low)
+    online = harness.reference.online_softmax_attention(*low, block_size=50)
+    assert ref.dtype == online.dtype == dt
+    assert verdict(dtype, ref, lib, truth)["passed"] and verdict(dtype, online, lib, truth)["passed"]
+    # accumulating in float32 makes the reference as accurate as torch's kernel (one output rounding: the
+    # errors differ by a few percent at most); the formula rounded at every step is about 2x less accurate,
+    # as the explicit path was on the first GPU run
+    err = {name: errors(out, truth)["rel_err"] for name, out in
+           [("lib", lib), ("ref", ref), ("online", online), ("naive", naive_low_precision_attention(*low))]}
+    assert err["ref"] <= 1.05 * err["lib"] and err["online"] <= 1.05 * err["lib"], err
+    assert err["naive"] > 1.5 * err["lib"], err
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_clip_loss_computes_low_precision_in_float32(dtype):
+    g = torch.Generator().manual_seed(0)
+    img, txt = (F.normalize(torch.randn(64, 512, dtype=torch.float64, generator=g), dim=-1) for _ in range(2))
+    dt = getattr(torch, dtype)
+    ours = harness.clip_loss(img.to(dt), txt.to(dt), torch.tensor(14.3, dtype=dt))
+    assert ours.dtype == torch.float32
+    truth = ClipLoss()(img.to(dt).double(), txt.to(dt).double(), torch.tensor(14.3, dtype=dt).double())
+    assert abs(ours.item() - truth.item()) / truth.item() < 1e-6  # only float32 round-off on the rounded inputs
+
+
+def rows_frame(rows):
+    df = pd.DataFrame(rows)
+    return df[df["dtype"].isin(LOW)]
+
+
+def test_vit_low_precision_rows_pass_on_cpu():
+    lib = timm.create_model("vit_tiny_patch16_224", depth=2, img_size=64, num_classes=10).eval()
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float64)
+    df = rows_frame(agreement.model_rows(lib, x, ["float32", *LOW], torch.device("cpu")))
+    assert set(df["check"]) == {"logits", "block"} and set(df["backend"]) >= {"explicit", "math"}
+    assert df["passed"].all(), df[~df["passed"]][["dtype", "backend", "stage", "ref_err_vs_fp64", "tolerance"]]
+    assert (df["rule"] == harness.numerics.TRUTH_RULE).all()
+
+
+def test_clip_low_precision_rows_pass_on_cpu():
+    config = {"photos": ["astronaut"], "random_inputs": 1, "tokenizer": "ViT-B-32",
+              "captions": ["a photo of an astronaut.", "random noise."]}
+    ctx = Context(device=torch.device("cpu"))
+    model = small_open_clip("ViT-S-32", layers=2)
+    images, tokens = agreement_clip._inputs(model, config, 0, ctx.device)
+
+    def run(m, dt):
+        return harness.numerics.capture(agreement_clip._stages(m),
+                                        lambda: agreement_clip._outputs(m, images.to(dt), tokens))
+
+    df = rows_frame(harness.numerics.sweep(model, harness.from_open_clip, run, agreement_clip.OUTPUTS, LOW, ctx.device,
+                                           "open_clip"))
+    assert df["passed"].all(), df[~df["passed"]][["check", "dtype", "backend", "ref_err_vs_fp64", "tolerance"]]
+
+
+def test_float32_gradients_are_judged_against_float64():
+    lib = timm.create_model("vit_tiny_patch16_224", depth=2, img_size=32, patch_size=8, num_classes=5).eval()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    rows = agreement.gradient_rows(lib, x, ["float32"])  # float64 is computed as the truth even when not asked
+    assert [r["dtype"] for r in rows] == ["float32"]
+    r = rows[0]
+    assert r["passed"] and r["rule"] == harness.numerics.TRUTH_RULE and r["params_failing"] == 0
+    assert r["ref_err_vs_fp64"] < 1e-5 and r["lib_err_vs_fp64"] < 1e-5
