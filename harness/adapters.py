@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from . import checkpoints
+from .data import GrayscaleTransform
 from .features import weights_hash
-from .models import load_open_clip, load_timm, open_clip_transform, timm_transform
+from .models import build_architecture, load_open_clip, load_timm, open_clip_transform, timm_transform
 
 
 @dataclass
@@ -37,18 +39,16 @@ def _timm_features(model: nn.Module) -> Callable:
 
 
 def _data_scale_encoder(spec: dict, device, cache_dir) -> Encoder:
-    from .evals import data_scale
     from .suite import load_suite
 
     config = load_suite("data_scale").get_config("default")
-    path = data_scale.checkpoint_path(cache_dir, config, spec["unit"], device)
-    if not path.exists():
-        raise FileNotFoundError(f"no data-scale checkpoint for {spec['unit']!r} at {path}: run "
+    path = checkpoints.path(cache_dir, "data_scale", [config, spec["unit"]], device)
+    loaded = checkpoints.load_or_none(path, lambda meta: build_architecture(meta["arch"]), device)
+    if loaded is None:
+        raise FileNotFoundError(f"no usable data-scale checkpoint for {spec['unit']!r} at {path}: run "
                                 "`nox -s eval -- data_scale` first (nox -s eval runs it before linear_probe)")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    model = data_scale.build(ckpt["arch"]).to(device)
-    model.load_state_dict(ckpt["state_dict"])
-    return Encoder(spec["id"], "data_scale", model.eval(), _timm_features(model), data_scale.transform,
+    model = loaded[0]
+    return Encoder(spec["id"], "data_scale", model, _timm_features(model), GrayscaleTransform(channels=1),
                    weights_hash(model))
 
 

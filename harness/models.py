@@ -94,3 +94,22 @@ def open_clip_transform(model: torch.nn.Module):
 
     cfg = getattr(model.visual, "preprocess_cfg", None) or {"size": model.visual.image_size}
     return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+
+
+def build_architecture(arch: dict) -> torch.nn.Module:
+    """A model to train from scratch, from its declaration: {"kind": "reference_vit" | "timm_vit" | "resnet",
+    "kwargs": {...}} (the data-scale suite's architectures)."""
+    kind, kw = arch["kind"], arch["kwargs"]
+    if kind == "reference_vit":
+        from .reference.vit import ViT, ViTConfig
+
+        return ViT(ViTConfig(**kw))
+    if kind == "timm_vit":
+        import timm.models.vision_transformer as tv
+
+        return tv.VisionTransformer(**kw)
+    if kind == "resnet":
+        from .cnn import SmallResNet
+
+        return SmallResNet(**kw)
+    raise ValueError(f"unknown architecture kind {kind!r}: use reference_vit, timm_vit or resnet")

@@ -15,9 +15,9 @@ code a suite does not use leaves its cache valid.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
-import json
 import re
 import time
 from pathlib import Path
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, results
+from . import cache, distributed, results
 from .suite import DEFAULT_CACHE, SUITES_DIR, Context, Table, load_suite, suite_names  # noqa: F401
 
 PROFILES = ("default", "full")
@@ -61,14 +61,26 @@ def _run_one(evaluator, unit: str, config: dict, ctx: Context, path: Path, write
         row.setdefault("unit", unit)
         row.setdefault("unit_seconds", round(seconds, 2))
     if ctx.use_cache and write:
-        results.atomic_write_text(path, json.dumps(unit_rows, default=float))
+        cache.save_rows(path, unit_rows)
     return unit_rows
+
+
+def _cached(path: Path) -> list[dict] | None:
+    """A finished unit's rows, or None: not there, or damaged (warned about; the unit runs again)."""
+    if not path.exists():
+        return None
+    try:
+        return cache.read_rows(path)
+    except cache.DamagedEntry as e:
+        cache.damaged(e)
+        return None
 
 
 def _run_units(evaluator, units: list[str], config: dict, ctx: Context, folder: Path, mode: str,
                desc: str) -> tuple[list[dict], int]:
     """Every unit's rows in unit order (on rank 0; see harness.distributed for the two parallel modes),
-    and how many came from the cache."""
+    and how many came from the cache. Each unit runs under its cache entry's lock: a second run sharing the
+    cache waits for a unit the first is computing, then reads it."""
     rank, world = distributed.rank(), distributed.world_size()
     mine = [i for i in range(len(units)) if mode != "units" or i % world == rank]
     by_unit: dict[int, list[dict]] = {}
@@ -79,18 +91,19 @@ def _run_units(evaluator, units: list[str], config: dict, ctx: Context, folder: 
         unit = units[i]
         bar.set_postfix_str(unit)
         path = _unit_file(folder, unit)
-        cached = ctx.use_cache and path.exists()
-        if mode == "data":
-            cached = distributed.broadcast(cached)  # rank 0's cache decides for every rank
-        if cached:
-            by_unit[i] = json.loads(path.read_text()) if rank == 0 or mode != "data" else []
-            done += 1
-            continue
-        if mode == "data":
-            with distributed.data_parallel():
-                by_unit[i] = _run_one(evaluator, unit, config, ctx, path, write=rank == 0)
-        else:
-            by_unit[i] = _run_one(evaluator, unit, config, ctx, path, write=True)
+        decides = ctx.use_cache and (rank == 0 or mode != "data")  # in data mode rank 0's cache decides
+        with cache.lock(path, f"unit {unit!r}") if decides else contextlib.nullcontext():
+            cached = _cached(path) if decides else None
+            hit = distributed.broadcast(cached is not None) if mode == "data" else cached is not None
+            if hit:
+                by_unit[i] = cached or []  # other ranks of a data-parallel run hold no rows; rank 0 writes
+                done += 1
+                continue
+            if mode == "data":
+                with distributed.data_parallel():
+                    by_unit[i] = _run_one(evaluator, unit, config, ctx, path, write=rank == 0)
+            else:
+                by_unit[i] = _run_one(evaluator, unit, config, ctx, path, write=True)
     if mode == "units":  # rank 0 collects every rank's units
         gathered = distributed.all_gather((by_unit, done))
         by_unit = {i: r for part, _ in gathered for i, r in part.items()}
@@ -129,14 +142,17 @@ def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: 
 
     prov = results.provenance(config, ctx.device, ctx.seed)
     prov.update(suite=suite.NAME, suite_version=suite.VERSION, profile=profile)
+    tables = evaluator.tables(rows, config)
     written, index = [], {}
-    for table in evaluator.tables(rows, config):
-        df = table.df.assign(**{k: v for k, v in prov.items() if k not in table.df})  # a row's own seed stays
-        written += results.write_table(df, out_dir, table.name, table.title, table.md_columns, table.notes)
-        if table.plot is not None:
-            written.append(results.atomic_write_figure(lambda path, t=table, d=df: t.plot(d, path),
-                                                       out_dir / f"{table.name}.png"))
-        index[table.name] = table.description
-    written.append(results.write_index(out_dir, index))
+    # one run writes a suite's tables and the index at a time: two runs sharing results/ never interleave them
+    with cache.lock(Path(out_dir) / ".tables", f"writing tables in {out_dir}"):
+        for table in tables:
+            df = table.df.assign(**{k: v for k, v in prov.items() if k not in table.df})  # a row's own seed stays
+            written += results.write_table(df, out_dir, table.name, table.title, table.md_columns, table.notes)
+            if table.plot is not None:
+                written.append(results.atomic_write_figure(lambda path, t=table, d=df: t.plot(d, path),
+                                                           out_dir / f"{table.name}.png"))
+            index[table.name] = table.description
+        written.append(results.write_index(out_dir, index))
     print(f"{suite.NAME}: {len(rows)} rows in {elapsed:.1f} s -> " + ", ".join(str(p) for p in written))
     return written

@@ -51,6 +51,7 @@ def get_config(profile: str) -> dict:
             "data": {"name": "imagenet", "split": "validation", "imagenet_dir": None},  # or $VITCLIP_IMAGENET_DIR
             "classnames": "imagenet", "templates": "openai_imagenet",  # open_clip's 1,000 names, 80 templates
             "models": FULL_MODELS, "published_source": OPEN_CLIP_RESULTS, "batch_size": 256,
+            "workers": 8,  # JPEGs decoded in 8 DataLoader workers; "autocast": "bfloat16" for the encoders
         }
     return {
         "data": {"name": "fashion_mnist", "split": "test", "test_per_class": 500, "retrieval_per_class": 100},

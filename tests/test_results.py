@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from harness import results
+from harness import cache, results
 
 
 def test_write_table_csv_markdown_and_index(tmp_path):
@@ -26,7 +26,7 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
     def boom(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(results.os, "replace", boom)
+    monkeypatch.setattr(cache.os, "replace", boom)
     with pytest.raises(OSError):
         results.atomic_write_text(path, "new\n")
     assert path.read_text() == "old\n"

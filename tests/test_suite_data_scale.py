@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import cli
+from harness import checkpoints, cli
+from harness.models import build_architecture
 from harness.cnn import SmallResNet
 from harness.evals import data_scale
 from harness.train import Recipe, augment, lr_at
@@ -55,8 +56,8 @@ def test_data_scale_suite_end_to_end_and_resume(tmp_path, capsys):
     assert (out / "data_scale.png").stat().st_size > 1000
     assert "data_scale" in (out / "README.md").read_text()
     assert "Finding:" in (out / "data_scale.md").read_text()
-    ckpt = torch.load(runs["checkpoint"].iloc[0], weights_only=False)
-    assert "state_dict" in ckpt
+    model, meta = checkpoints.load(runs["checkpoint"].iloc[0], lambda m: build_architecture(m["arch"]))
+    assert meta["unit"] == runs["unit"].iloc[0] and sum(p.numel() for p in model.parameters()) == runs["params"].iloc[0]
 
     capsys.readouterr()
     assert cli.main(args) == 0  # nothing changed: every run is reused, none retrained

@@ -14,30 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import checkpoints
 from .. import data as data_lib
-from ..cnn import SmallResNet
-from ..features import save_atomic
-from ..reference.vit import ViT, ViTConfig
-from ..results import device_kind, stable_hash
+from ..models import build_architecture
+from ..results import stable_hash
 from ..suite import Context, Table
 from ..train import Recipe, accuracy, flops_per_image, train
 
-
-def build(arch: dict) -> torch.nn.Module:
-    """An architecture from its declaration: {"kind": "reference_vit" | "timm_vit" | "resnet", ...}."""
-    kind, kw = arch["kind"], arch["kwargs"]
-    if kind == "reference_vit":
-        return ViT(ViTConfig(**kw))
-    if kind == "timm_vit":
-        import timm.models.vision_transformer as tv
-
-        return tv.VisionTransformer(**kw)
-    if kind == "resnet":
-        return SmallResNet(**kw)
-    raise ValueError(f"unknown architecture kind {kind!r}: use reference_vit, timm_vit or resnet")
-
-
-transform = data_lib.GrayscaleTransform(channels=1)  # how the trained models read one PIL image
 _TENSORS: dict = {}  # decoded training images, per process: the largest subset once, smaller ones are inside it
 
 
@@ -112,12 +95,6 @@ def steps_for(images: int, config: dict) -> int:
     return max(policy["min_steps"], math.ceil(policy["epochs"] * images / config["recipe"]["batch_size"]))
 
 
-def checkpoint_path(cache_dir: Path, config: dict, unit: str, device: torch.device | str) -> Path:
-    """Where a run's trained model is kept: by config, unit and the kind of device that trained it."""
-    key = stable_hash([config, unit, device_kind(device)])
-    return Path(cache_dir) / "checkpoints" / "data_scale" / key / "model.pt"
-
-
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     arch_id, per_class, seed = unit.split(":")
     per_class, seed = int(per_class), int(seed)
@@ -127,12 +104,12 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     idx, x, y, (x_test, y_test), train_total = _load(config, per_class)
     recipe = Recipe(steps=steps_for(len(idx), config), **config["recipe"])
     torch.manual_seed(seed)
-    model = build(arch).to(ctx.device)
+    model = build_architecture(arch).to(ctx.device)
     stats = train(model, x.to(ctx.device), y.to(ctx.device), recipe, seed=seed,
                   desc=f"{arch_id} n={len(idx)} seed={seed}")
     acc = accuracy(model, x_test.to(ctx.device), y_test.to(ctx.device))
-    path = checkpoint_path(ctx.cache_dir, config, unit, ctx.device)
-    save_atomic({"arch": arch, "state_dict": model.state_dict(), "unit": unit}, path)
+    path = checkpoints.save(checkpoints.path(ctx.cache_dir, "data_scale", [config, unit], ctx.device), model,
+                            {"arch": arch, "unit": unit})
     return [{
         "architecture": arch_id, "kind": arch["kind"], "train_images": len(idx), "per_class": per_class,
         "fraction": len(idx) / train_total, "seed": seed, "test_accuracy": acc, "test_images": len(y_test),

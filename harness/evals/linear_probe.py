@@ -13,7 +13,7 @@ import pandas as pd
 
 from .. import data as data_lib
 from ..adapters import Encoder, load_encoder, reference
-from ..features import extract
+from ..features import extract, extraction_options
 from ..linear_probe import linear_probe, sklearn_probe
 from ..suite import Context, Table
 
@@ -39,7 +39,7 @@ def _probe(encoder: Encoder, config: dict, ctx: Context, datasets) -> tuple[dict
     train, test, train_idx, test_idx = datasets
     cache = ctx.cache_dir if ctx.use_cache else None
     common = dict(model_id=encoder.id, weights=encoder.weights, device=ctx.device, cache_dir=cache,
-                  batch_size=config.get("batch_size", 256))
+                  **extraction_options(config))
     t0 = time.perf_counter()
     encoder.module.eval()
     ftr = extract(encoder.encode, train, encoder.transform, indices=train_idx, desc=f"{encoder.id} train", **common)

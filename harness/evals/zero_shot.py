@@ -18,14 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import cache, checkpoints, distributed
 from .. import data as data_lib
-from .. import distributed
 from ..adapters import load_encoder, reference
 from ..convert.open_clip import to_open_clip
-from ..features import extract, save_atomic, weights_hash
+from ..features import extract, extraction_options, weights_hash
 from ..linear_probe import linear_probe
 from ..reference.clip import CLIP, CLIPConfig, CLIPTextConfig, clip_vision_config
-from ..results import device_kind, stable_hash
 from ..suite import Context, Table
 from ..train import Recipe, train_clip
 from ..zero_shot import classification_metrics, retrieval_recall, zero_shot_classifier
@@ -67,7 +66,7 @@ def _attributes(x: torch.Tensor, thresholds: tuple[float, float] | None = None):
 
 
 def _raw(data: data_lib.ImageData, idx: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(data.dataset[idx]["image"], dtype=np.float32) / 255.0)
+    return torch.from_numpy(data.pixels(idx).astype(np.float32) / 255.0)
 
 
 def caption(template: str, classname: str, size: str = "", tone: str = "") -> str:
@@ -84,32 +83,36 @@ def build_clip(spec: dict) -> CLIP:
 
 def checkpoint_path(cache_dir: Path, config: dict, device: torch.device | str) -> Path:
     """Where the trained CLIP is kept: by what it was trained on and with, and the kind of device."""
-    keep = {k: config[k] for k in ("classnames", "train")} | {"device": device_kind(device)}
-    return Path(cache_dir) / "checkpoints" / "zero_shot" / stable_hash(keep) / "clip.pt"
+    return checkpoints.path(cache_dir, "zero_shot", {k: config[k] for k in ("classnames", "train")}, device)
 
 
 def trained_clip(config: dict, ctx: Context) -> tuple[CLIP, dict]:
     """The default profile's CLIP: trained once (deterministic) and saved, then read from its checkpoint.
-    Under torchrun rank 0 trains (or finds the checkpoint) and broadcasts it to the other ranks."""
+    Under torchrun rank 0 trains (or reads the checkpoint) and broadcasts the weights to the other ranks."""
     path = checkpoint_path(ctx.cache_dir, config, ctx.device)
+    loaded = _train_once(config, ctx, path) if distributed.is_main() or not distributed.active() else None
     if distributed.active():
-        if distributed.is_main():
-            _train_once(config, ctx, path)
-        distributed.barrier()
-        ckpt = distributed.broadcast(torch.load(path, map_location="cpu", weights_only=False)
-                                     if distributed.is_main() else None)
-    else:
-        _train_once(config, ctx, path)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_clip(config["train"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(ctx.device).eval(), ckpt["stats"]
+        state = distributed.broadcast(None if loaded is None else
+                                      ({k: v.cpu() for k, v in loaded[0].state_dict().items()}, loaded[1]))
+        model = build_clip(config["train"])
+        model.load_state_dict(state[0])
+        loaded = model.to(ctx.device).eval(), state[1]
+    model, meta = loaded
+    return model.to(ctx.device).eval(), meta["stats"]
 
 
-def _train_once(config: dict, ctx: Context, path: Path) -> None:
-    """Train the CLIP and save it at `path`, unless a checkpoint is there already."""
-    if path.exists():
-        return
+def _train_once(config: dict, ctx: Context, path: Path) -> tuple[CLIP, dict]:
+    """(model, meta) from the checkpoint at `path`, training and saving it first when there is none (or a damaged
+    one). A second run sharing the cache waits for the first to finish training instead of training again."""
+    with cache.lock(path, "training the zero-shot CLIP"):
+        loaded = checkpoints.load_or_none(path, lambda meta: build_clip(meta["config"]), ctx.device)
+        if loaded is None:
+            _train(config, ctx, path)
+            loaded = checkpoints.load(path, lambda meta: build_clip(meta["config"]), ctx.device)
+    return loaded
+
+
+def _train(config: dict, ctx: Context, path: Path) -> None:
     spec = config["train"]
     d = spec["data"]
     train_set = data_lib.load(d["name"], "train")
@@ -139,14 +142,14 @@ def _train_once(config: dict, ctx: Context, path: Path) -> None:
     stats = train_clip(model, x.to(ctx.device), captions, recipe, seed=spec["seed"], desc=f"train {spec['id']}")
     stats.update(train_images=len(idx), steps=recipe.steps, attribute_thresholds=list(thresholds),
                  params=sum(q.numel() for q in model.parameters()))
-    save_atomic({"state_dict": model.state_dict(), "stats": stats, "config": spec}, path)
+    checkpoints.save(path, model, {"stats": stats, "config": spec})
 
 
 # -------------------------------------------------------------------------------------------- evaluation
 def _features(encode, data, transform, idx, model_id: str, weights: str, config: dict, ctx: Context, desc: str):
     cache = ctx.cache_dir if ctx.use_cache else None
     return extract(encode, data, transform, indices=idx, model_id=model_id, weights=weights, device=ctx.device,
-                   cache_dir=cache, batch_size=config.get("batch_size", 256), desc=desc)
+                   cache_dir=cache, desc=desc, **extraction_options(config))
 
 
 def _eval_default(config: dict, ctx: Context) -> list[dict]:
