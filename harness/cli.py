@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from . import distributed, runner
+from .numerics import DTYPES
+from .suite import ConfigError, known_keys, parse_assignments
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=runner.results.REPO_ROOT / "results", help="folder for the tables")
     run.add_argument("--cache-dir", type=Path, default=runner.DEFAULT_CACHE)
     run.add_argument("--no-cache", action="store_true", help="recompute everything; read and write no cache")
-    run.add_argument("--suites-dir", type=Path, default=runner.SUITES_DIR, help=argparse.SUPPRESS)
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
+                     help="override a config field (repeatable; dotted keys, list items by index, VALUE parsed as "
+                          "JSON where it parses): --set data.imagenet_dir=/data/imagenet --set batch_size=512; "
+                          "SUITE.KEY for one suite only")
+    run.add_argument("--overrides", type=Path, metavar="FILE",
+                     help="a JSON file {suite: {key: value}} of overrides (python -m harness rehearsal writes one)")
+    run.add_argument("--suites-dir", type=Path, default=runner.SUITES_DIR,
+                     help="folder of suite files (suites/*.py are Python, run as code by design: use only your own)")
 
     sub.add_parser("bench", help="speed and memory benchmarks (see python -m harness bench --help)",
                    add_help=False)
@@ -46,7 +56,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         from . import bench
 
@@ -66,21 +83,45 @@ def main(argv: list[str] | None = None) -> int:
         return gpu_check(args.out, args.device, args.cache_dir)
 
     names = args.suites or runner.suite_names(args.suites_dir)
+    for dtype in args.dtypes or []:
+        if dtype not in DTYPES:
+            raise ConfigError(f"--dtype {dtype}: unknown dtype; choose from {', '.join(DTYPES)}")
     gpu = distributed.init_from_env()  # under torchrun: join the process group; this rank's GPU, if any
     device = runner.resolve_device(args.device)
     if gpu is not None and device.type == "cuda":
         device = gpu
     ctx = runner.Context(device=device, seed=args.seed, dtypes=args.dtypes, cache_dir=args.cache_dir,
                          use_cache=not args.no_cache)
-    for name in names:  # fail on a misspelt name before any work
-        runner.load_suite(name, args.suites_dir)
-    for name in names:
+    assignments = {**read_overrides(args.overrides), **parse_assignments(args.assignments)}
+    # every suite's config resolved and checked before any work starts
+    prepared = [runner.prepare(name, args.profile, ctx, assignments, args.suites_dir) for name in names]
+    others = set(runner.suite_names(args.suites_dir)) - set(names)  # keys for suites not run now are left alone
+    unused = [k for k in assignments if k.partition(".")[0] not in others and not any(
+        runner.overrides_for(p.suite.NAME, p.config, {k: None}) for p in prepared)]
+    if unused:
+        known = sorted({f"{p.suite.NAME}.{k}" for p in prepared for k in known_keys(p.config)})
+        raise ConfigError(f"no suite among {', '.join(names)} has the config key(s) {', '.join(unused)}. "
+                          f"Known keys: {', '.join(known)}")
+    for p in prepared:
         start = time.perf_counter()
-        runner.run_suite(name, args.profile, ctx, args.out, args.suites_dir)
+        runner.run_prepared(p, ctx, args.out)
         if distributed.is_main():
-            print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+            print(f"{p.suite.NAME}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     distributed.barrier()  # every rank leaves once rank 0 has written the tables
     return 0
+
+
+def read_overrides(path: Path | None) -> dict:
+    """An overrides file {suite: {key: value}} as "suite.key" assignments."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--overrides {path}: cannot read it as JSON ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"--overrides {path}: expected a JSON object {{suite: {{key: value}}}}")
+    return {f"{suite}.{key}": value for suite, keys in data.items() for key, value in keys.items()}
 
 
 GPU_CHECK_SUITES = ["agreement", "data_scale", "zero_shot", "linear_probe"]
@@ -94,7 +135,7 @@ def gpu_check(out: Path, device_name: str = "cuda", cache_dir: Path = runner.DEF
 
     device = runner.resolve_device(device_name)
     if device.type != "cuda":
-        raise SystemExit(f"gpu-check needs a CUDA device, got {device}: run it on a machine with a GPU "
+        raise ConfigError(f"gpu-check needs a CUDA device, got {device}: run it on a machine with a GPU "
                          "(nox -s gpu -- --out results/gpu)")
     ctx = runner.Context(device=device, cache_dir=cache_dir)
     timings = {}

@@ -113,20 +113,60 @@ def imagenet_classnames() -> list[str]:
     return list(IMAGENET_CLASSNAMES)
 
 
+def imagenet_wnids() -> list[str]:
+    """ImageNet-1k's 1,000 WordNet ids in class-index order (the list timm ships)."""
+    from importlib import resources
+
+    text = resources.files("timm.data._info").joinpath("imagenet_synsets.txt").read_text()
+    return text.split()
+
+
+def imagenet_folder(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / ("train" if split == "train" else "val")
+
+
+def check_imagenet_folder(root: str | os.PathLike, splits: list[str]) -> None:
+    """Refuse, before any work, an ImageNet folder that cannot be read as one: a missing split folder, a class
+    folder that is not one of ImageNet's WordNet ids, or splits with different classes."""
+    from .suite import ConfigError
+
+    known = set(imagenet_wnids())
+    classes = {}
+    for split in splits:
+        folder = imagenet_folder(root, split)
+        if not folder.is_dir():
+            raise ConfigError(f"ImageNet folder {folder} does not exist: {root} must hold train/ and val/, one "
+                              "sub-folder per class id (n01440764, ...); point data.imagenet_dir (or "
+                              f"${IMAGENET_ENV}) at the folder that holds them")
+        found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        unknown = [c for c in found if c not in known]
+        if unknown:
+            raise ConfigError(f"{folder} has class folder(s) that are not ImageNet WordNet ids: "
+                              f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}. Move them out "
+                              "(the class list is ImageNet-1k's 1,000 synsets, timm/data/_info/imagenet_synsets.txt)")
+        if not found:
+            raise ConfigError(f"{folder} holds no class folders: expected one sub-folder per class id (n01440764, ...)")
+        classes[split] = found
+    if len({tuple(c) for c in classes.values()}) > 1:
+        a, b = list(classes)[:2]
+        diff = sorted(set(classes[a]) ^ set(classes[b]))
+        raise ConfigError(f"the {a} and {b} folders of {root} hold different classes (e.g. {', '.join(diff[:5])}): "
+                          "both splits need the same class folders")
+
+
 def load_imagenet(split: str, root: str | os.PathLike | None = None) -> ImageData:
     """ImageNet-1k "train" or "validation": from `root` (or $VITCLIP_IMAGENET_DIR) in ImageFolder layout,
-    else from the Hugging Face hub cache (ILSVRC/imagenet-1k)."""
+    else from the Hugging Face hub cache (ILSVRC/imagenet-1k). A folder may hold a subset of the classes; class
+    names are open_clip's, looked up by WordNet id."""
     import datasets
 
     root = root or os.environ.get(IMAGENET_ENV)
     if root:
-        folder = Path(root) / ("train" if split == "train" else "val")
-        if not folder.is_dir():
-            raise FileNotFoundError(f"ImageNet folder {folder} does not exist: {root} must hold train/ and val/, "
-                                    "one sub-folder per class id (n01440764, ...)")
+        check_imagenet_folder(root, [split])
+        folder = imagenet_folder(root, split)
         ds = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
-        wnids = ds.features["label"].names
-        names = imagenet_classnames() if len(wnids) == 1000 else wnids
+        index = {w: i for i, w in enumerate(imagenet_wnids())}
+        names = [imagenet_classnames()[index[w]] for w in ds.features["label"].names]
         h = hashlib.sha256()
         for p in sorted(folder.rglob("*")):
             if p.is_file():
@@ -142,6 +182,18 @@ def load_imagenet(split: str, root: str | os.PathLike | None = None) -> ImageDat
             f"and fill the cache once online (HF_DATASETS_OFFLINE=0). Cause: {type(e).__name__}: {e}"
         ) from e
     return ImageData("imagenet", split, ds, imagenet_classnames(), ds._fingerprint)
+
+
+def check_source(d: dict, splits: list[str]) -> None:
+    """A suite's data declaration ({"name", "imagenet_dir", ...}) checked before any work: a known data set, and
+    for a local ImageNet folder its layout (check_imagenet_folder)."""
+    from .suite import ConfigError
+
+    if d["name"] not in ("fashion_mnist", "imagenet"):
+        raise ConfigError(f"unknown data set {d['name']!r}: choose from fashion_mnist, imagenet")
+    root = d.get("imagenet_dir") or os.environ.get(IMAGENET_ENV)
+    if d["name"] == "imagenet" and root:
+        check_imagenet_folder(root, splits)
 
 
 def load(name: str, split: str, **kwargs) -> ImageData:
@@ -226,13 +278,21 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
 
 
 def to_pil(image) -> Image.Image:
-    """A PIL RGB image from a PIL image, a (H, W) / (H, W, C) uint8 array, or datasets' {"bytes","path"}."""
+    """A PIL RGB image from a PIL image, a (H, W) / (H, W, C) uint8 array, or datasets' {"bytes","path"}.
+
+    Every mode becomes RGB: grayscale (L, LA, 1) as 3 identical channels, palette (P, PA) through its colours,
+    CMYK through PIL's conversion, 16-bit grayscale (I;16) scaled to 8 bits (PIL's own conversion would clip it
+    at 255), alpha dropped."""
     if isinstance(image, dict):  # an undecoded datasets.Image
         image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image.astype(np.uint8, copy=False))  # datasets' numpy format widens to int64
     image.load()  # decode now, so that a corrupt file fails here
-    return image.convert("RGB")  # grayscale becomes 3 identical channels
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray((np.asarray(image, dtype=np.uint32) // 257).astype(np.uint8))
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")  # a palette with transparency goes through RGBA, as PIL advises
+    return image.convert("RGB")
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -258,6 +318,10 @@ class ImageDataset(torch.utils.data.Dataset):
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated / corrupt files
             name = row["image"].get("path") if isinstance(row["image"], dict) else idx
             return None, idx, f"{name}: {type(e).__name__}: {e}"
+        except Image.DecompressionBombError as e:  # larger than twice PIL.Image.MAX_IMAGE_PIXELS
+            name = row["image"].get("path") if isinstance(row["image"], dict) else idx
+            return None, idx, (f"{name}: skipped, past Pillow's decompression-bomb limit ({e}); if the image is "
+                               "trusted, raise PIL.Image.MAX_IMAGE_PIXELS before the run")
         return image, int(row["label"]), idx
 
 

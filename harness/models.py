@@ -4,6 +4,9 @@ Weights are named by a string:
   "random"      timm's own initialisation after torch.manual_seed(seed)
   "pretrained"  timm's default pretrained tag, from the Hugging Face cache (or the hub when online)
   a file path   a local checkpoint in timm's format (loaded through pretrained_cfg_overlay=dict(file=...))
+A weight file is loaded by timm's and open_clip's own loaders, which refuse a pickle that is not weights-only
+(torch.load(weights_only=True)); where the harness reads one itself (check_weights, before a run), it does the
+same and says why.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def load_open_clip(name: str, weights: str = "random", seed: int = 0, **kwargs) 
     import open_clip
 
     torch.manual_seed(seed)
+    kwargs = _open_clip_kwargs(name, kwargs)
     if weights == "random":
         return open_clip.create_model(name, pretrained=None, **kwargs).eval()
     try:
@@ -86,6 +90,17 @@ def load_open_clip(name: str, weights: str = "random", seed: int = 0, **kwargs) 
             "Pass a pretrained tag that is in the Hugging Face cache (fill it once online), "
             "or the path of a local checkpoint file."
         ) from e
+
+
+def _open_clip_kwargs(name: str, kwargs: dict) -> dict:
+    """open_clip replaces a whole vision_cfg / text_cfg given to create_model; here a partial one is merged into
+    the named model's own ({"vision_cfg": {"layers": 2}} shrinks the image tower and keeps the rest)."""
+    import open_clip
+
+    if not any(k in kwargs for k in ("vision_cfg", "text_cfg")):
+        return kwargs
+    base = open_clip.get_model_config(name)
+    return {**kwargs, **{k: {**base[k], **kwargs[k]} for k in ("vision_cfg", "text_cfg") if k in kwargs}}
 
 
 def open_clip_transform(model: torch.nn.Module):
@@ -113,3 +128,116 @@ def build_architecture(arch: dict) -> torch.nn.Module:
 
         return SmallResNet(**kw)
     raise ValueError(f"unknown architecture kind {kind!r}: use reference_vit, timm_vit or resnet")
+
+
+def _closest(name: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return f" (closest known: {', '.join(close)})" if close else ""
+
+
+def check_model(library: str, name: str) -> None:
+    """ConfigError, before any work, for a model name the library does not know, with the closest names."""
+    from .suite import ConfigError
+
+    if library == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise ConfigError(f"timm has no model {name!r}{_closest(name, timm.list_models())}; "
+                              "timm.list_models('*pattern*') lists them")
+    elif library == "open_clip":
+        import open_clip
+
+        if name not in open_clip.list_models():
+            raise ConfigError(f"open_clip has no model {name!r}{_closest(name, open_clip.list_models())}; "
+                              "open_clip.list_models() lists them")
+    else:
+        raise ConfigError(f"unknown library {library!r} for model {name!r}: use 'timm' or 'open_clip'")
+
+
+def read_weight_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of a user's weight file without running code: safetensors headers, or torch.load with
+    weights_only=True (a pickle holding anything but tensors and plain containers is refused, with why)."""
+    from .suite import ConfigError
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:
+            raise ConfigError(f"weights file {path} is not a readable safetensors file ({e})") from None
+    import pickle
+
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # an old (non-zip) torch file cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"weights file {path} is a pickle that is not weights-only: loading it would run code "
+                          f"or build objects ({str(e).splitlines()[0][:200]}). The harness and timm/open_clip "
+                          "load only tensors: re-save it as a state_dict (torch.save(model.state_dict(), path)) "
+                          "or as safetensors, from a copy you trust") from None
+    except Exception as e:
+        raise ConfigError(f"weights file {path} cannot be read as a torch checkpoint ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]})") from None
+    for key in ("state_dict", "model", "module"):  # the wrappers timm's and open_clip's loaders unwrap
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ConfigError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
+    return {k.removeprefix("module."): tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def check_weights(library: str, name: str, weights: str, kwargs: dict | None = None) -> None:
+    """ConfigError, before any work, for weights that cannot be what the model needs: not 'random', a known tag
+    or an existing file; or a file whose tensors belong to another architecture (no key in common, or a shape
+    that differs; position embeddings may differ, the libraries resize them)."""
+    from .suite import ConfigError
+
+    kwargs = kwargs or {}
+    if weights == "random" or (library == "timm" and weights == "pretrained"):
+        return
+    if library == "open_clip" and not Path(weights).exists():
+        import open_clip
+
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if weights in tags:
+            return
+        raise ConfigError(f"weights {weights!r} for open_clip {name!r} are neither 'random', a pretrained tag "
+                          f"({', '.join(tags) or 'none'}) nor an existing file")
+    if not Path(weights).is_file():
+        raise ConfigError(f"weights {weights!r} for {library} model {name!r} are neither 'random', 'pretrained' "
+                          "nor an existing file")
+    found = read_weight_shapes(weights)
+    with torch.device("meta"):
+        if library == "timm":
+            import timm
+
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        else:
+            import open_clip
+
+            model = open_clip.create_model(name, pretrained=None, device="meta", **_open_clip_kwargs(name, kwargs))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    common = set(found) & set(expected)
+    bad = [f"{k}: file {found[k]}, model {expected[k]}" for k in sorted(common)
+           if found[k] != expected[k] and "pos" not in k]
+    if not common or bad:
+        raise ConfigError(f"weights file {weights} does not fit {library} model {name!r}: "
+                          + (f"shapes differ ({'; '.join(bad[:3])})" if bad else
+                             f"no tensor name in common (file has e.g. {', '.join(sorted(found)[:3])})")
+                          + ". Is it a checkpoint of another architecture?")
+
+
+def check_specs(specs: list[dict]) -> None:
+    """check_model and check_weights for each declared model of a suite ({"library", "name", "weights", "kwargs"})."""
+    for spec in specs:
+        if spec["library"] in ("timm", "open_clip"):
+            check_model(spec["library"], spec["name"])
+            check_weights(spec["library"], spec["name"], spec.get("weights", "random"), spec.get("kwargs"))

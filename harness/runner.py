@@ -20,13 +20,25 @@ import importlib
 import importlib.util
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from tqdm.auto import tqdm
 
 from . import cache, distributed, results
-from .suite import DEFAULT_CACHE, SUITES_DIR, Context, Table, load_suite, suite_names  # noqa: F401
+from .suite import (  # noqa: F401
+    DEFAULT_CACHE,
+    SUITES_DIR,
+    ConfigError,
+    Context,
+    Table,
+    apply_overrides,
+    load_suite,
+    overrides_for,
+    suite_names,
+)
 
 PROFILES = ("default", "full")
 
@@ -36,7 +48,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but torch sees no GPU; use --device cpu (or auto)")
+        raise ConfigError("--device cuda was asked for but torch sees no GPU; use --device cpu (or auto)")
     return device
 
 
@@ -112,18 +124,43 @@ def _run_units(evaluator, units: list[str], config: dict, ctx: Context, folder: 
     return rows, done
 
 
-def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: Path = SUITES_DIR) -> list[Path]:
-    """Run every unit of suite `name` (reusing cached units), write its tables into out_dir."""
+@dataclass
+class Prepared:
+    """A suite ready to run: its module, its config (profile, --dtype and overrides applied), its evaluator."""
+
+    suite: ModuleType
+    profile: str
+    config: dict
+    evaluator: ModuleType
+
+
+def prepare(name: str, profile: str, ctx: Context, assignments: dict | None = None,
+            suites_dir: Path = SUITES_DIR) -> Prepared:
+    """Load suite `name` and resolve its config; every problem that can be found without doing the work (an
+    unknown suite, profile, config key, dtype, model, weight file, data folder) is raised here, as ConfigError."""
     if profile not in PROFILES:
-        raise SystemExit(f"unknown profile {profile!r}: choose from {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {profile!r}: choose from {', '.join(PROFILES)}")
     suite = load_suite(name, suites_dir)
     config = suite.get_config(profile)
     if ctx.dtypes:
         config = {**config, "dtypes": ctx.dtypes}
+    config = apply_overrides(config, overrides_for(suite.NAME, config, assignments or {}), suite.NAME)
     # an evaluator under harness.evals by its short name, or any importable module by its dotted path
     evaluator = importlib.import_module(suite.EVALUATOR if "." in suite.EVALUATOR else
                                         f"harness.evals.{suite.EVALUATOR}")
+    if hasattr(evaluator, "validate"):
+        evaluator.validate(config, ctx)
+    return Prepared(suite, profile, config, evaluator)
 
+
+def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: Path = SUITES_DIR,
+              assignments: dict | None = None) -> list[Path]:
+    """Run every unit of suite `name` (reusing cached units), write its tables into out_dir."""
+    return run_prepared(prepare(name, profile, ctx, assignments, suites_dir), ctx, out_dir)
+
+
+def run_prepared(prepared: Prepared, ctx: Context, out_dir: Path) -> list[Path]:
+    suite, profile, config, evaluator = prepared.suite, prepared.profile, prepared.config, prepared.evaluator
     code = results.code_hash(evaluator.__name__)
     if not evaluator.__name__.startswith("harness."):  # a user's evaluator: its own source counts too
         code += results.stable_hash(Path(evaluator.__file__).read_text())

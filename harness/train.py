@@ -19,6 +19,19 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
+class TrainingDiverged(RuntimeError):
+    """A training run's loss became NaN or infinite: the run stops; nothing of it reaches a table."""
+
+
+def check_finite(loss: torch.Tensor, step: int, desc: str, recipe: "Recipe") -> float:
+    value = loss.item()
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"{desc}: the loss is {value} at step {step} of {recipe.steps} (learning rate "
+                               f"{lr_at(step, recipe):.3g}, peak {recipe.lr:g}); the run is stopped. Lower the "
+                               "learning rate (recipe.lr) or check the data for NaN or infinite values")
+    return value
+
+
 @dataclass(frozen=True)
 class Recipe:
     steps: int = 300  # optimisation steps
@@ -84,7 +97,7 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(check_finite(loss, step, desc, recipe))
         if step % 10 == 0 or step == recipe.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
     model.eval()
@@ -145,7 +158,7 @@ def train_clip(model: nn.Module, images: torch.Tensor,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(check_finite(loss, step, desc, recipe))
         if step % 10 == 0 or step == recipe.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", scale=f"{model.scale().item():.1f}")
     model.eval()

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from harness import checkpoints, cli
-from harness.models import build_architecture
 from harness.cnn import SmallResNet
 from harness.evals import data_scale
+from harness.models import build_architecture
 from harness.train import Recipe, augment, lr_at
 
 SUITE = '''
@@ -104,7 +104,8 @@ def test_full_profile_path_on_an_image_folder(tmp_path):
     from harness.suite import Context, load_suite
     from tests.test_data import write_image_folder
 
-    write_image_folder(tmp_path / "imagenet", classes=("n0", "n1", "n2", "n3"), per_class=4, corrupt=False)
+    write_image_folder(tmp_path / "imagenet", classes=("n01440764", "n01443537", "n01484850", "n01491361"),
+                       per_class=4, corrupt=False)
     config = copy.deepcopy(load_suite("data_scale").get_config("full"))
     config["data"].update(imagenet_dir=str(tmp_path / "imagenet"), classes=2, image_size=16, test_per_class=3,
                           workers=0)

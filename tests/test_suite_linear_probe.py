@@ -36,6 +36,7 @@ def test_linear_probe_suite_end_to_end(tmp_path, capsys):
     assert df["train_images"].tolist() == [300, 300] and df["test_images"].tolist() == [200, 200]
     lib, ref = df.iloc[0], df.iloc[1]
     assert ref["prediction_agreement"] == 1.0 and ref["top1"] == lib["top1"]  # image for image
-    assert (df["sklearn_diff"].abs() <= 0.2).all()
+    assert abs(lib["sklearn_diff"]) <= 0.2 and pd.isna(ref["sklearn_diff"])  # checked once, on the library's features
+    assert ref["feature_max_rel_diff"] < 1e-4  # float32 round-off between the two feature sets
     assert df["top1"].between(30, 100).all()  # far above chance (10 %) even with random weights
     assert "git_sha" in df and "weights_hash" in df

@@ -20,8 +20,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..convert.timm import convert_state_dict, from_timm
-from ..models import image_batch, load_timm, timm_transform
-from ..numerics import LOW_PRECISION, capture, cast, compare_gradients, dtype_of, exact_float32, sweep, verdict
+from ..models import check_model, check_weights, image_batch, load_timm, timm_transform
+from ..numerics import (
+    LOW_PRECISION,
+    capture,
+    cast,
+    compare_gradients,
+    dtype_of,
+    exact_float32,
+    sweep,
+    verdict,
+)
 from ..reference.attention import MultiHeadAttention, online_softmax_attention, scaled_dot_product_attention
 from ..suite import Context, Table
 
@@ -38,6 +47,21 @@ def units(config: dict, ctx: Context) -> list[str]:
     out += [f"clip_gradients:{m}" for m in clip.get("gradient_models", [])]
     out += [f"clip_timm:{m}={t}" for m, t in clip.get("timm_towers", {}).items()]
     return out
+
+
+def validate(config: dict, ctx: Context) -> None:
+    """Every model and weight file checked before any work (harness.models.check_*), every dtype known."""
+    for dtype in config["dtypes"]:
+        dtype_of(dtype)
+    for name in {*config["models"], *config.get("gradient_models", [])}:
+        check_model("timm", name)
+        check_weights("timm", name, config.get("weight_files", {}).get(name, config.get("weights", "random")))
+    clip = config.get("clip") or {}
+    for name in {*clip.get("models", []), *clip.get("gradient_models", []), *clip.get("timm_towers", {})}:
+        check_model("open_clip", name)
+        check_weights("open_clip", name, clip.get("weights", {}).get(name, "random"))
+    for name in clip.get("timm_towers", {}).values():
+        check_model("timm", name)
 
 
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:

@@ -18,7 +18,7 @@ from .. import checkpoints
 from .. import data as data_lib
 from ..models import build_architecture
 from ..results import stable_hash
-from ..suite import Context, Table
+from ..suite import ConfigError, Context, Table
 from ..train import Recipe, accuracy, flops_per_image, train
 
 _TENSORS: dict = {}  # decoded training images, per process: the largest subset once, smaller ones are inside it
@@ -79,6 +79,17 @@ def _load(config: dict, per_class: int):
 
 def _sizes(config: dict) -> list[int]:
     return [n for a in config["architectures"] for n in a.get("sizes", config["sizes_per_class"])]
+
+
+def validate(config: dict, ctx: Context) -> None:
+    d = config["data"]
+    data_lib.check_source(d, ["train", d.get("test_split", "test")] if d["name"] == "imagenet" else [])
+    with torch.device("meta"):  # every declared architecture can be built
+        for arch in config["architectures"]:
+            try:
+                build_architecture(arch)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"data_scale architecture {arch.get('id')!r}: {e}") from None
 
 
 def units(config: dict, ctx: Context) -> list[str]:

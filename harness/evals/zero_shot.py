@@ -24,6 +24,7 @@ from ..adapters import load_encoder, reference
 from ..convert.open_clip import to_open_clip
 from ..features import extract, extraction_options, weights_hash
 from ..linear_probe import linear_probe
+from ..models import check_specs
 from ..reference.clip import CLIP, CLIPConfig, CLIPTextConfig, clip_vision_config
 from ..suite import Context, Table
 from ..train import Recipe, train_clip
@@ -31,6 +32,11 @@ from ..zero_shot import classification_metrics, retrieval_recall, zero_shot_clas
 
 RECALL_KS = (1, 5, 10)
 PARALLEL = "data"  # under torchrun every rank extracts a shard of the features (harness.distributed)
+
+
+def validate(config: dict, ctx: Context) -> None:
+    data_lib.check_source(config["data"], [config["data"]["split"]])
+    check_specs(config["models"])
 
 
 def units(config: dict, ctx: Context) -> list[str]:
