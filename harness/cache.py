@@ -112,7 +112,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def save_rows(path: Path, rows: list[dict]) -> Path:
-    body = json.dumps(rows, sort_keys=True, default=float)
+    body = json.dumps(rows, default=float)  # key order kept: a table's columns come out as the evaluator made them
     wrapped = {"format": FORMAT, "sha256": hashlib.sha256(body.encode()).hexdigest(), "rows": json.loads(body)}
     return atomic_write_text(path, json.dumps(wrapped))
 
@@ -123,7 +123,7 @@ def read_rows(path: Path) -> list[dict]:
         wrapped = json.loads(path.read_text())
         rows = wrapped["rows"]
         ok = wrapped.get("format") == FORMAT and isinstance(rows, list)
-        body = json.dumps(rows, sort_keys=True, default=float)
+        body = json.dumps(rows, default=float)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise DamagedEntry(f"{path}: not a complete rows file ({type(e).__name__}: {e})") from None
     if not ok or hashlib.sha256(body.encode()).hexdigest() != wrapped.get("sha256"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import shutil
 import sys
@@ -99,9 +100,11 @@ def _main(argv: list[str]) -> int:
     unused = [k for k in assignments if k.partition(".")[0] not in others and not any(
         runner.overrides_for(p.suite.NAME, p.config, {k: None}) for p in prepared)]
     if unused:
-        known = sorted({f"{p.suite.NAME}.{k}" for p in prepared for k in known_keys(p.config)})
-        raise ConfigError(f"no suite among {', '.join(names)} has the config key(s) {', '.join(unused)}. "
-                          f"Known keys: {', '.join(known)}")
+        plain = sorted({k for p in prepared for k in known_keys(p.config)})
+        close = sorted({c for k in unused for c in difflib.get_close_matches(k, plain, n=3, cutoff=0.5)})
+        raise ConfigError(f"no suite among {', '.join(names)} has the config key(s) {', '.join(unused)}"
+                          + (f" (did you mean {', '.join(close)}?)" if close else "")
+                          + f". Known keys (SUITE.KEY for one suite only): {', '.join(plain)}")
     for p in prepared:
         start = time.perf_counter()
         runner.run_prepared(p, ctx, args.out)

@@ -207,5 +207,6 @@ def extract(
     bar.close()
     if skipped:
         warnings.warn(f"{desc}: skipped {len(skipped)} unreadable image(s), e.g. {skipped[:3]}", stacklevel=2)
+    parts = parts or [_piece([], [], [], [])]  # no readable image at all: empty arrays, the skipped named above
     return Features(np.concatenate([p["features"] for p in parts]), np.concatenate([p["labels"] for p in parts]),
                     np.concatenate([p["indices"] for p in parts]), skipped, from_cache, computed)
