@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="speed and memory benchmarks (see python -m harness bench --help)",
                    add_help=False)
+    sub.add_parser("rehearsal", help="write an ImageNet-shaped tree and library-format checkpoints for the full "
+                                     "profile (see python -m harness rehearsal --help)", add_help=False)
 
     gpu = sub.add_parser("gpu-check", help="the one-command GPU check: agreement in bfloat16/float16 with every "
                                            "SDPA backend, the benchmarks, the training suites' default profiles")
@@ -69,6 +71,10 @@ def _main(argv: list[str]) -> int:
         from . import bench
 
         return bench.main(argv[1:])
+    if argv[:1] == ["rehearsal"]:
+        from . import rehearsal
+
+        return rehearsal.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "list":
         for name in runner.suite_names():

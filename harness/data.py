@@ -164,7 +164,9 @@ def load_imagenet(split: str, root: str | os.PathLike | None = None) -> ImageDat
     if root:
         check_imagenet_folder(root, [split])
         folder = imagenet_folder(root, split)
-        ds = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+        # data_files named explicitly: given data_dir, datasets infers splits from file names, and ImageNet's
+        # validation files (ILSVRC2012_val_00000001.JPEG) would become a "validation" split of their own
+        ds = datasets.load_dataset("imagefolder", data_files={"train": str(folder / "**")}, split="train")
         index = {w: i for i, w in enumerate(imagenet_wnids())}
         names = [imagenet_classnames()[index[w]] for w in ds.features["label"].names]
         h = hashlib.sha256()

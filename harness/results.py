@@ -167,6 +167,30 @@ def write_table(
     return [csv_path, md_path]
 
 
+GUARANTEES = """## What a run guarantees (and the tests that hold it to it)
+
+- **Atomic tables**: every file here is written to a temporary file and renamed into place; a suite's tables and
+  this index are written under one lock, so two runs sharing results/ never interleave them.
+- **Resumable runs**: each finished unit (a model, a training run) and each chunk of features is cached at once;
+  a killed run resumes at the first unfinished one and the resumed tables equal an uninterrupted run's
+  (tests/test_faults.py: 3 SIGKILLs at random moments, then a resume: same tables).
+- **Safe concurrent runs**: two runs sharing one cache and one results/ folder: the second waits for a unit the
+  first is computing and reads it; every unit is computed once and both tables equal a single run's (2 runs at once).
+- **Damaged cache entries detected**: sizes and a sha256 are recorded with every entry; a truncated, empty,
+  wrong-shaped, bit-flipped, foreign or poisoned file is reported with a warning naming it and recomputed, never
+  loaded silently and never fatal (6 kinds of damage on feature chunks; a truncated and a poisoned unit file and
+  checkpoint).
+- **No cache file runs code**: the cache holds safetensors and JSON only; a pickle put in it is treated as damage
+  (the tests check that its payload never runs). Trained checkpoints the same.
+- **Bad input refused before any work starts**, with the problem and the fix named: an unknown dtype, model (with
+  the closest names), profile or config key, a weight file for another architecture or one that is not weights-only,
+  an ImageFolder with a missing split or a class folder outside ImageNet's class list (8 inputs). Images in CMYK, P,
+  LA or I;16 are converted, not skipped; one past Pillow's decompression-bomb limit is skipped and named with the fix.
+- **No NaN from a diverging run**: a NaN or infinite training loss stops the run with the run and the step named;
+  no table is written.
+""".splitlines()
+
+
 def write_index(out_dir: Path, entries: dict[str, str]) -> Path:
     """results/README.md: one line per table (name -> description), merged with what is already listed."""
     out_dir = Path(out_dir)
@@ -181,6 +205,7 @@ def write_index(out_dir: Path, entries: dict[str, str]) -> Path:
              "versions, device, dtype, seed and config hash.", "",
              "| table | what it holds |", "|---|---|"]
     lines += [f"| [{k}]({k}.md) ([csv]({k}.csv)) | {v} |" for k, v in sorted(known.items())]
+    lines += ["", *GUARANTEES]
     path = out_dir / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
