@@ -65,8 +65,9 @@ def test_full_profile_of_every_suite_runs_on_the_rehearsal_tree(tmp_path, capsys
     assert set(overrides) == {"agreement", "data_scale", "linear_probe", "zero_shot"}
     assert all(m["weights"].startswith(str(tmp_path)) for m in overrides["zero_shot"]["models"])
     out = tmp_path / "out"
-    assert cli.main(["run", "--profile", "full", "--device", "cpu", "--overrides",
-                     str(tmp_path / "r" / "overrides.json"), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    overrides_file = str(tmp_path / "r" / "overrides.json")
+    assert cli.main(["run", "--profile", "full", "--device", "cpu", "--overrides", overrides_file,
+                     "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     zs = pd.read_csv(out / "zero_shot.csv")
     assert zs["images"].tolist() == [1003, 1003]  # 1,000 val images + 5 oddities, of which 2 unreadable
     assert zs["templates"].str.contains("(80)").all() and (zs["skipped_images"] == rehearsal.UNREADABLE_ODDITIES).all()
