@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("rehearsal", help="write an ImageNet-shaped tree and library-format checkpoints for the full "
                                      "profile (see python -m harness rehearsal --help)", add_help=False)
+    sub.add_parser("plan", help="measure rates here and write results/full_profile_plan.md (see --help)",
+                   add_help=False)
 
     gpu = sub.add_parser("gpu-check", help="the one-command GPU check: agreement in bfloat16/float16 with every "
                                            "SDPA backend, the benchmarks, the training suites' default profiles")
@@ -75,6 +77,10 @@ def _main(argv: list[str]) -> int:
         from . import rehearsal
 
         return rehearsal.main(argv[1:])
+    if argv[:1] == ["plan"]:
+        from . import plan
+
+        return plan.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "list":
         for name in runner.suite_names():

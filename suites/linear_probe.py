@@ -51,6 +51,8 @@ def get_config(profile: str) -> dict:
         return {"data": {"name": "imagenet", "train_split": "train", "test_split": "validation",
                          "imagenet_dir": None},  # or a folder in ImageFolder layout; $VITCLIP_IMAGENET_DIR also works
                 "models": FULL_MODELS, "published": PUBLISHED, "batch_size": 256, "val_fraction": 0.1,
+                # the λ sweep on 100,000 of the 1.15M fit images, its choice carried over at fixed C = 1/(λN)
+                "sweep_max_images": 100_000,
                 # JPEGs decoded in 8 DataLoader workers; "autocast": "bfloat16" runs the encoders under autocast
                 "workers": 8}
     return {

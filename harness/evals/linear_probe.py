@@ -54,7 +54,8 @@ def _probe(encoder: Encoder, config: dict, ctx: Context, datasets, check_sklearn
     fte = extract(encoder.encode, test, encoder.transform, indices=test_idx, desc=f"{encoder.id} test", **common)
     t1 = time.perf_counter()
     res = linear_probe(ftr.features, ftr.labels, fte.features, fte.labels, num_classes=len(train.classnames),
-                       seed=ctx.seed, device=ctx.device, val_fraction=config.get("val_fraction", 0.1))
+                       seed=ctx.seed, device=ctx.device, val_fraction=config.get("val_fraction", 0.1),
+                       sweep_max_images=config.get("sweep_max_images"))
     t2 = time.perf_counter()
     row = {
         "model": encoder.id, "library": encoder.library, "dataset": train.name,
