@@ -77,7 +77,8 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
-    """The one-command GPU check (needs a CUDA GPU): tables into the folder after -- --out (default results/gpu)."""
+    """The one-command GPU check (needs a CUDA GPU; ~5 minutes on one H100, `-- --quick` ~90 s): tables into the
+    folder after -- --out (default results/gpu)."""
     python = _python(session)
     args = session.posargs or ["--out", str(ROOT / "results" / "gpu")]
     session.run(python, "-m", "harness", "gpu-check", *args, external=True, env=_env())

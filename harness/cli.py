@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import shutil
 import sys
 import time
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     gpu.add_argument("--out", type=Path, required=True, help="folder for the tables (e.g. results/gpu)")
     gpu.add_argument("--device", default="cuda")
     gpu.add_argument("--cache-dir", type=Path, default=runner.DEFAULT_CACHE)
+    gpu.add_argument("--quick", action="store_true", help="a smoke check in about 90 s")
 
     clear = sub.add_parser("clear-cache", help="delete the cache folder")
     clear.add_argument("--cache-dir", type=Path, default=runner.DEFAULT_CACHE)
@@ -93,7 +95,7 @@ def _main(argv: list[str]) -> int:
         return 0
 
     if args.command == "gpu-check":
-        return gpu_check(args.out, args.device, args.cache_dir)
+        return gpu_check(args.out, args.device, args.cache_dir, args.quick)
 
     names = args.suites or runner.suite_names(args.suites_dir)
     for dtype in args.dtypes or []:
@@ -140,28 +142,56 @@ def read_overrides(path: Path | None) -> dict:
 
 
 GPU_CHECK_SUITES = ["agreement", "data_scale", "zero_shot", "linear_probe"]
+# --quick: the agreement suite on its two smallest models (every dtype and backend), no training suites
+QUICK_AGREEMENT = {"models": ["vit_tiny_patch16_224"], "gradient_models": ["vit_tiny_patch16_224"],
+                   "clip.models": ["ViT-S-32"], "clip.gradient_models": [], "clip.timm_towers": {},
+                   "attention.seq_lens": [50, 197], "attention.heads": [4]}
 
 
-def gpu_check(out: Path, device_name: str = "cuda", cache_dir: Path = runner.DEFAULT_CACHE) -> int:
-    """Everything a GPU changes, in one command (sized for about 8 minutes on one H100): the agreement suite
-    (the suite adds bfloat16 and float16 with every SDPA backend the GPU offers), the benchmarks in bfloat16,
-    and the default profiles of data_scale, zero_shot and linear_probe on the GPU. Tables go to `out`."""
-    from . import bench
+def gpu_check(out: Path, device_name: str = "cuda", cache_dir: Path = runner.DEFAULT_CACHE,
+              quick: bool = False) -> int:
+    """Everything a GPU changes, in one command, each step timed: the agreement suite (bfloat16 and float16 with
+    every SDPA backend the GPU offers, TF32 off), the default profiles of data_scale, zero_shot and linear_probe,
+    the benchmarks in bfloat16 (models, attention, probe, pipeline), and a rehearsal of the full profile (an
+    ImageNet-shaped tree and library-format checkpoints, models shrunk). Sized for 5 minutes on one H100 from
+    the first H100 run's step times (agreement 73 s, data_scale 91 s, zero_shot 60 s, bench models 46 s);
+    --quick (about 90 s): agreement on its two smallest models, the benchmarks' quick parts, a 10-class
+    rehearsal of zero_shot. Tables go to `out`, the rehearsal's to out/rehearsal."""
+    from . import bench, rehearsal
 
     device = runner.resolve_device(device_name)
     if device.type != "cuda":
         raise ConfigError(f"gpu-check needs a CUDA device, got {device}: run it on a machine with a GPU "
-                         "(nox -s gpu -- --out results/gpu)")
+                          "(nox -s gpu -- --out results/gpu)")
     ctx = runner.Context(device=device, cache_dir=cache_dir)
-    timings = {}
-    for name in GPU_CHECK_SUITES:
+    timings: dict[str, float] = {}
+
+    def step(name: str, fn) -> None:
         start = time.perf_counter()
-        runner.run_suite(name, "default", ctx, out)
+        fn()
         timings[name] = time.perf_counter() - start
-    start = time.perf_counter()
-    bench.run(device, "bfloat16", out, ["models", "attention", "probe"])
-    timings["bench"] = time.perf_counter() - start
-    print("gpu-check: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f" -> {out}")
+        print(f"gpu-check: {name} {timings[name]:.0f} s", file=sys.stderr, flush=True)
+
+    for name in GPU_CHECK_SUITES[:1] if quick else GPU_CHECK_SUITES:
+        step(name, lambda n=name: runner.run_suite(n, "default", ctx, out,
+                                                   assignments=QUICK_AGREEMENT if quick else None))
+    parts = ["models", "attention", "pipeline"] + ([] if quick else ["probe"])
+    step("bench", lambda: bench.run(device, "bfloat16", out, parts, quick=quick))
+
+    def rehearse() -> None:
+        root = Path(cache_dir) / "rehearsal-gpu-check"
+        small = {k: v for k, v in rehearsal.SMALL_MODELS.items() if not quick or k.startswith("zero_shot.")}
+        sets = [f"{k}={json.dumps(v)}" for k, v in small.items()]
+        names = ["zero_shot"] if quick else GPU_CHECK_SUITES
+        rehearsal.main([str(root), "--classes", "10" if quick else "1000", "--train-per-class", "1",
+                        "--val-per-class", "1", "--workers", str(min(16, os.cpu_count() or 1)),
+                        "--suites", ",".join(names), *[a for s in sets for a in ("--set", s)]])
+        _main(["run", *names, "--profile", "full", "--device", str(device), "--overrides", str(root / "overrides.json"),
+               "--out", str(Path(out) / "rehearsal"), "--cache-dir", str(cache_dir)])
+
+    step("rehearsal", rehearse)
+    total = sum(timings.values())
+    print("gpu-check: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s -> {out}")
     return 0
 
 

@@ -13,7 +13,6 @@ each data-scale full-profile architecture. GPU rates come from a bench_models.cs
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import tempfile
 import time
@@ -24,6 +23,7 @@ import pandas as pd
 import torch
 
 from . import results
+from .bench import decode_rate
 
 TRAIN, VAL, CLASSES = 1_281_167, 50_000, 1000
 TEMPLATES = 80
@@ -35,31 +35,6 @@ def _time(fn, reps: int = 3) -> float:
     for _ in range(reps):
         fn()
     return (time.perf_counter() - t) / reps
-
-
-def decode_rate(n: int = 150) -> tuple[float, float]:
-    """(images/s on one core, mean JPEG bytes): PIL decode + timm's eval transform (resize 248, crop 224, to tensor,
-    normalise) of rehearsal JPEGs of ImageNet's sizes."""
-    import timm
-    from PIL import Image
-
-    from .models import timm_transform
-    from .rehearsal import synth_jpeg
-
-    with torch.device("meta"):
-        model = timm.create_model("vit_base_patch16_224.augreg_in21k", pretrained=False)
-    tf = timm_transform(model)
-    jpegs = [synth_jpeg(1000 + i) for i in range(n)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        t = time.perf_counter()
-        for j in jpegs:
-            tf(Image.open(io.BytesIO(j)).convert("RGB"))
-        seconds = time.perf_counter() - t
-    finally:
-        torch.set_num_threads(threads)
-    return n / seconds, float(np.mean([len(j) for j in jpegs]))
 
 
 # the full profiles' image towers (linear_probe and zero_shot): (id, library, name, reference twin probed too)

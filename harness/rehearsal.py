@@ -146,6 +146,33 @@ def write_tree(root: Path, classes: int, train_per_class: int, val_per_class: in
             "write_seconds": time.perf_counter() - start}
 
 
+_TINY_TEXT = {"layers": 1, "width": 64, "heads": 2}
+_TINY_VISION = {"layers": 1, "width": 64, "head_width": 32}
+_CLIP = {"library": "open_clip", "name": "ViT-B-32", "with_reference": True,
+        "kwargs": {"vision_cfg": _TINY_VISION, "text_cfg": _TINY_TEXT, "embed_dim": 32}}
+# The full profiles with every model shrunk (one block per tower, narrow towers; images at their real 224 pixels,
+# 80 templates × the classes present): what a CPU gets through in minutes, as `--set` assignments.
+SMALL_MODELS = {
+    "agreement.models": ["vit_tiny_patch16_224"], "agreement.gradient_models": [],
+    "agreement.clip.models": ["ViT-S-32"], "agreement.clip.gradient_models": [], "agreement.clip.timm_towers": {},
+    "agreement.dtypes": ["float32"], "agreement.photos": ["astronaut"], "agreement.random_inputs": 1,
+    "agreement.attention.seq_lens": [7], "agreement.attention.heads": [2],
+    "linear_probe.models": [
+        {"id": "vit_base_patch16_224.augreg_in21k", "library": "timm", "name": "vit_base_patch16_224.augreg_in21k",
+         "kwargs": {"depth": 1, "embed_dim": 64, "num_heads": 2}, "weights": "pretrained", "with_reference": True},
+        {"id": "ViT-B-32/openai", **_CLIP, "weights": "openai"}],
+    "zero_shot.models": [{"id": "ViT-B-32/openai", **_CLIP, "weights": "openai", "published_top1": 63.32}],
+    "data_scale.sizes_per_class": [1], "data_scale.seeds": [0], "data_scale.data.test_per_class": 1,
+    "data_scale.data.workers": 0, "data_scale.step_policy": {"min_steps": 2, "epochs": 1},
+    "data_scale.architectures.0.kwargs.depth": 1, "data_scale.architectures.0.kwargs.width": 32,
+    "data_scale.architectures.0.kwargs.mlp_dim": 64, "data_scale.architectures.0.kwargs.heads": 2,
+    "data_scale.architectures.1.kwargs.widths": [8, 8, 8],
+    "data_scale.architectures.2.kwargs.embed_dim": 32, "data_scale.architectures.2.kwargs.depth": 1,
+    "data_scale.architectures.2.kwargs.num_heads": 2, "data_scale.architectures.2.sizes": [1],
+    "linear_probe.workers": 2, "zero_shot.workers": 2, "linear_probe.batch_size": 128, "zero_shot.batch_size": 128,
+}
+
+
 # --------------------------------------------------------------------------------------------- checkpoints
 def _full_specs(assignments: dict) -> dict[str, dict]:
     """Each suite's full-profile config with the --set overrides applied."""
@@ -175,7 +202,7 @@ def _save_open_clip(name: str, path: Path, kwargs: dict | None = None) -> Path:
     return path
 
 
-def write_checkpoints(root: Path, assignments: dict, imagenet_dir: Path) -> dict:
+def write_checkpoints(root: Path, assignments: dict, imagenet_dir: Path, suites: list[str] | None = None) -> dict:
     """A checkpoint for every model the full profiles name (as --set shapes them), and the overrides that point
     the full profiles at them and at the tree: {suite: {key: value}}."""
     configs = _full_specs(assignments)
@@ -194,19 +221,22 @@ def write_checkpoints(root: Path, assignments: dict, imagenet_dir: Path) -> dict
         return str(written[key])
 
     overrides: dict[str, dict] = {}
-    a = configs["agreement"]
-    overrides["agreement"] = {
-        "weight_files": {m: file_for("timm", m) for m in dict.fromkeys(a["models"] + a["gradient_models"])},
-        "clip.weights": {m: file_for("open_clip", m) for m in dict.fromkeys(
-            a["clip"]["models"] + a["clip"]["gradient_models"] + list(a["clip"]["timm_towers"]))},
-    }
-    for suite in ("linear_probe", "zero_shot"):
+    suites = suites or list(configs)
+    if "agreement" in suites:
+        a = configs["agreement"]
+        overrides["agreement"] = {
+            "weight_files": {m: file_for("timm", m) for m in dict.fromkeys(a["models"] + a["gradient_models"])},
+            "clip.weights": {m: file_for("open_clip", m) for m in dict.fromkeys(
+                a["clip"]["models"] + a["clip"]["gradient_models"] + list(a["clip"]["timm_towers"]))},
+        }
+    for suite in [s for s in ("linear_probe", "zero_shot") if s in suites]:
         models = [dict(m) for m in configs[suite]["models"]]
         for m in models:
             if m["library"] in ("timm", "open_clip"):
                 m["weights"] = file_for(m["library"], m["name"], m.get("kwargs"))
         overrides[suite] = {"data.imagenet_dir": str(imagenet_dir), "models": models}
-    overrides["data_scale"] = {"data.imagenet_dir": str(imagenet_dir)}
+    if "data_scale" in suites:
+        overrides["data_scale"] = {"data.imagenet_dir": str(imagenet_dir)}
     for key, value in assignments.items():  # the --set overrides stay in force for the run
         suite, _, rest = key.partition(".")
         if suite in overrides and rest not in overrides[suite]:
@@ -228,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SUITE.KEY=VALUE", dest="assignments",
                    help="shape the full profiles' models before their checkpoints are written (as for `run`)")
     p.add_argument("--no-weights", action="store_true", help="write the image tree only")
+    p.add_argument("--suites", default="agreement,data_scale,linear_probe,zero_shot",
+                   help="whose full-profile models get checkpoints and overrides (comma-separated)")
     args = p.parse_args(argv)
     if not 1 <= args.classes <= 1000:
         from .suite import ConfigError
@@ -239,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rehearsal: {stats['train_images']:,} train + {stats['val_images']:,} val images "
           f"({stats['jpeg_bytes'] / 2**20:.1f} MiB of JPEG) in {stats['write_seconds']:.1f} s -> {root / 'imagenet'}")
     if not args.no_weights:
-        ck = write_checkpoints(root, parse_assignments(args.assignments), root / "imagenet")
+        ck = write_checkpoints(root, parse_assignments(args.assignments), root / "imagenet",
+                               [x.strip() for x in args.suites.split(",") if x.strip()])
         (root / "overrides.json").write_text(json.dumps(ck["overrides"], indent=1) + "\n")
         print(f"rehearsal: {ck['checkpoints']} checkpoints ({ck['checkpoint_bytes'] / 2**30:.2f} GiB) in "
               f"{root / 'weights'}; run the full profile with\n"

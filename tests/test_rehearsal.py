@@ -13,30 +13,6 @@ from PIL import Image
 
 from harness import cli, data, rehearsal
 
-TINY_TEXT = {"layers": 1, "width": 64, "heads": 2}
-TINY_VISION = {"layers": 1, "width": 64, "head_width": 32}
-CLIP = {"library": "open_clip", "name": "ViT-B-32", "with_reference": True,
-        "kwargs": {"vision_cfg": TINY_VISION, "text_cfg": TINY_TEXT, "embed_dim": 32}}
-SHRINK = {
-    "agreement.models": ["vit_tiny_patch16_224"], "agreement.gradient_models": [],
-    "agreement.clip.models": ["ViT-S-32"], "agreement.clip.gradient_models": [], "agreement.clip.timm_towers": {},
-    "agreement.dtypes": ["float32"], "agreement.photos": ["astronaut"], "agreement.random_inputs": 1,
-    "agreement.attention.seq_lens": [7], "agreement.attention.heads": [2],
-    "linear_probe.models": [
-        {"id": "vit_base_patch16_224.augreg_in21k", "library": "timm", "name": "vit_base_patch16_224.augreg_in21k",
-         "kwargs": {"depth": 1, "embed_dim": 64, "num_heads": 2}, "weights": "pretrained", "with_reference": True},
-        {"id": "ViT-B-32/openai", **CLIP, "weights": "openai"}],
-    "zero_shot.models": [{"id": "ViT-B-32/openai", **CLIP, "weights": "openai", "published_top1": 63.32}],
-    "data_scale.sizes_per_class": [1], "data_scale.seeds": [0], "data_scale.data.test_per_class": 1,
-    "data_scale.data.workers": 0, "data_scale.step_policy": {"min_steps": 2, "epochs": 1},
-    "data_scale.architectures.0.kwargs.depth": 1, "data_scale.architectures.0.kwargs.width": 32,
-    "data_scale.architectures.0.kwargs.mlp_dim": 64, "data_scale.architectures.0.kwargs.heads": 2,
-    "data_scale.architectures.1.kwargs.widths": [8, 8, 8],
-    "data_scale.architectures.2.kwargs.embed_dim": 32, "data_scale.architectures.2.kwargs.depth": 1,
-    "data_scale.architectures.2.kwargs.num_heads": 2, "data_scale.architectures.2.sizes": [1],
-    "linear_probe.workers": 2, "zero_shot.workers": 2, "linear_probe.batch_size": 128, "zero_shot.batch_size": 128,
-}
-
 
 def test_tree_is_deterministic_and_shaped_like_imagenet(tmp_path):
     a = rehearsal.write_tree(tmp_path / "a", classes=3, train_per_class=4, val_per_class=2, seed=5)
@@ -58,7 +34,7 @@ def test_tree_is_deterministic_and_shaped_like_imagenet(tmp_path):
 
 @pytest.mark.slow
 def test_full_profile_of_every_suite_runs_on_the_rehearsal_tree(tmp_path, capsys):
-    sets = [f"{k}={json.dumps(v)}" for k, v in SHRINK.items()]
+    sets = [f"{k}={json.dumps(v)}" for k, v in rehearsal.SMALL_MODELS.items()]
     assert rehearsal.main([str(tmp_path / "r"), "--classes", "1000", "--train-per-class", "1", "--val-per-class",
                            "1", "--workers", "2", *sum([["--set", s] for s in sets], [])]) == 0
     overrides = json.loads((tmp_path / "r" / "overrides.json").read_text())
