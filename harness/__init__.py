@@ -1,6 +1,8 @@
 """vitclip-harness: reference attention, ViT and CLIP, checked against timm and open_clip."""
 
+from .compare import compare  # noqa: E402  (the function; the module is harness.compare in sys.modules)
 from .convert import from_open_clip, from_timm, to_open_clip
+from .linear_probe import linear_probe  # the function, beside zero_shot_classifier
 from .reference import (
     CLIP,
     CLIPConfig,
@@ -14,6 +16,6 @@ from .reference import (
 from .zero_shot import zero_shot_classifier
 
 __version__ = "0.1.0"
-__all__ = ["CLIP", "CLIPConfig", "CLIPTextConfig", "MultiHeadAttention", "ViT", "ViTConfig", "clip_loss",
-           "from_open_clip", "from_timm", "scaled_dot_product_attention", "to_open_clip", "zero_shot_classifier",
-           "__version__"]
+__all__ = ["CLIP", "CLIPConfig", "CLIPTextConfig", "MultiHeadAttention", "ViT", "ViTConfig", "clip_loss", "compare",
+           "from_open_clip", "from_timm", "linear_probe", "scaled_dot_product_attention", "to_open_clip",
+           "zero_shot_classifier", "__version__"]

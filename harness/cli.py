@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("rehearsal", help="write an ImageNet-shaped tree and library-format checkpoints for the full "
                                      "profile (see python -m harness rehearsal --help)", add_help=False)
+    sub.add_parser("compare", help="check your own ViT or CLIP against timm or open_clip, stage by stage (see "
+                                   "python -m harness compare --help)", add_help=False)
     sub.add_parser("plan", help="measure rates here and write results/full_profile_plan.md (see --help)",
                    add_help=False)
 
@@ -79,6 +81,10 @@ def _main(argv: list[str]) -> int:
         from . import rehearsal
 
         return rehearsal.main(argv[1:])
+    if argv[:1] == ["compare"]:
+        from .compare import main as compare_main
+
+        return compare_main(argv[1:])
     if argv[:1] == ["plan"]:
         from . import plan
 
