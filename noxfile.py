@@ -55,9 +55,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def eval(session: nox.Session) -> None:
-    """Run the suites and write results/ (arguments after -- go to `python -m harness run`)."""
+    """Run the suites and write results/ (arguments after -- go to `python -m harness run`). On a CPU the suites
+    that split into units run as one one-thread process per core (`-- --processes 1` turns that off)."""
     python = _python(session)
-    session.run(python, "-m", "harness", "run", *session.posargs, external=True, env=_env())
+    args = list(session.posargs)
+    if not any(a.startswith("--processes") for a in args):
+        args += ["--processes", "auto"]
+    session.run(python, "-m", "harness", "run", *args, external=True, env=_env())
 
 
 @nox.session

@@ -137,18 +137,24 @@ def damaged(error: DamagedEntry) -> None:
 
 
 @contextlib.contextmanager
-def lock(path: Path, what: str = "") -> Iterator[None]:
-    """Hold the advisory lock of `path` (the file `path.lock`); another process holding it is waited for."""
+def lock(path: Path, what: str = "", wait: bool = True) -> Iterator[bool]:
+    """Hold the advisory lock of `path` (the file `path.lock`); another process holding it is waited for, or with
+    wait=False not: the context then yields False and holds nothing."""
     lock_path = Path(path).with_name(Path(path).name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
         except BlockingIOError:
-            print(f"waiting for another run to finish {what or path} ...", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+            if wait:
+                print(f"waiting for another run to finish {what or path} ...", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held = True
+        yield held
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if held:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

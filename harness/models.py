@@ -112,12 +112,17 @@ def open_clip_transform(model: torch.nn.Module):
 
 
 def build_architecture(arch: dict) -> torch.nn.Module:
-    """A model to train from scratch, from its declaration: {"kind": "reference_vit" | "timm_vit" | "resnet",
-    "kwargs": {...}} (the data-scale suite's architectures)."""
+    """A model to train from scratch, from its declaration: {"kind": "reference_vit" | "reference_hybrid" |
+    "timm_vit" | "resnet", "kwargs": {...}} (the data-scale suite's architectures; a hybrid is a reference ViT
+    whose kwargs hold a "stem": StemConfig fields)."""
     kind, kw = arch["kind"], arch["kwargs"]
-    if kind == "reference_vit":
+    if kind in ("reference_vit", "reference_hybrid"):
+        from .reference.hybrid import StemConfig
         from .reference.vit import ViT, ViTConfig
 
+        stem = kw.get("stem")
+        if stem is not None:  # declared as JSON: lists become the config's tuples
+            kw = {**kw, "stem": StemConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stem.items()})}
         return ViT(ViTConfig(**kw))
     if kind == "timm_vit":
         import timm.models.vision_transformer as tv
@@ -127,7 +132,7 @@ def build_architecture(arch: dict) -> torch.nn.Module:
         from .cnn import SmallResNet
 
         return SmallResNet(**kw)
-    raise ValueError(f"unknown architecture kind {kind!r}: use reference_vit, timm_vit or resnet")
+    raise ValueError(f"unknown architecture kind {kind!r}: use reference_vit, reference_hybrid, timm_vit or resnet")
 
 
 def _closest(name: str, known: list[str]) -> str:

@@ -169,6 +169,9 @@ SMALL_MODELS = {
     "data_scale.architectures.1.kwargs.widths": [8, 8, 8],
     "data_scale.architectures.2.kwargs.embed_dim": 32, "data_scale.architectures.2.kwargs.depth": 1,
     "data_scale.architectures.2.kwargs.num_heads": 2, "data_scale.architectures.2.sizes": [1],
+    "data_scale.architectures.3.kwargs.depth": 1, "data_scale.architectures.3.kwargs.width": 32,
+    "data_scale.architectures.3.kwargs.mlp_dim": 64, "data_scale.architectures.3.kwargs.heads": 2,
+    "data_scale.architectures.3.kwargs.stem": {"layers": [1, 1], "width": 8, "channels": [16, 32], "groups": 4},
     "linear_probe.workers": 2, "zero_shot.workers": 2, "linear_probe.batch_size": 128, "zero_shot.batch_size": 128,
 }
 

@@ -90,13 +90,15 @@ def _cached(path: Path) -> list[dict] | None:
 
 def _run_units(evaluator, units: list[str], config: dict, ctx: Context, folder: Path, mode: str,
                desc: str) -> tuple[list[dict], int]:
-    """Every unit's rows in unit order (on rank 0; see harness.distributed for the two parallel modes),
-    and how many came from the cache. Each unit runs under its cache entry's lock: a second run sharing the
-    cache waits for a unit the first is computing, then reads it."""
+    """Every unit's rows in unit order (on rank 0; see harness.distributed for the parallel modes), and how many
+    came from the cache. Each unit runs under its cache entry's lock: a second run sharing the cache waits for a
+    unit the first is computing, then reads it. In "units" mode with a cache, the ranks claim units as they go
+    (a rank skips a unit another holds), so long and short units balance over the ranks."""
     rank, world = distributed.rank(), distributed.world_size()
-    mine = [i for i in range(len(units)) if mode != "units" or i % world == rank]
+    claim = mode == "units" and ctx.use_cache
+    mine = [i for i in range(len(units)) if mode != "units" or claim or i % world == rank]
     by_unit: dict[int, list[dict]] = {}
-    done = 0
+    reused: set[int] = set()
     bar = tqdm(mine, desc=desc + (f" rank {rank}/{world}" if world > 1 else ""), unit="unit", dynamic_ncols=True,
                disable=mode == "data" and rank != 0)
     for i in bar:
@@ -104,12 +106,14 @@ def _run_units(evaluator, units: list[str], config: dict, ctx: Context, folder: 
         bar.set_postfix_str(unit)
         path = _unit_file(folder, unit)
         decides = ctx.use_cache and (rank == 0 or mode != "data")  # in data mode rank 0's cache decides
-        with cache.lock(path, f"unit {unit!r}") if decides else contextlib.nullcontext():
+        with cache.lock(path, f"unit {unit!r}", wait=not claim) if decides else contextlib.nullcontext(True) as held:
+            if not held:
+                continue  # another rank (or another run) is computing it
             cached = _cached(path) if decides else None
             hit = distributed.broadcast(cached is not None) if mode == "data" else cached is not None
             if hit:
                 by_unit[i] = cached or []  # other ranks of a data-parallel run hold no rows; rank 0 writes
-                done += 1
+                reused.add(i)
                 continue
             if mode == "data":
                 with distributed.data_parallel():
@@ -117,11 +121,19 @@ def _run_units(evaluator, units: list[str], config: dict, ctx: Context, folder: 
             else:
                 by_unit[i] = _run_one(evaluator, unit, config, ctx, path, write=True)
     if mode == "units":  # rank 0 collects every rank's units
-        gathered = distributed.all_gather((by_unit, done))
-        by_unit = {i: r for part, _ in gathered for i, r in part.items()}
-        done = sum(d for _, d in gathered)
+        gathered = distributed.all_gather((by_unit, reused))
+        computed = {i for part, r in gathered for i in part if i not in r}
+        reused = {i for _, r in gathered for i in r} - computed
+        by_unit = {i: rows for part, _ in gathered for i, rows in part.items()}
+        for i in sorted(set(range(len(units))) - set(by_unit)):  # held by another run meanwhile: wait, then read
+            path = _unit_file(folder, units[i])
+            with cache.lock(path, f"unit {units[i]!r}"):
+                rows = _cached(path)
+                by_unit[i] = rows if rows is not None else _run_one(evaluator, units[i], config, ctx, path, True)
+                if rows is not None:
+                    reused.add(i)
     rows = [row for i in sorted(by_unit) for row in by_unit[i]]
-    return rows, done
+    return rows, len(reused)
 
 
 @dataclass
@@ -169,7 +181,8 @@ def run_prepared(prepared: Prepared, ctx: Context, out_dir: Path) -> list[Path]:
     folder = ctx.cache_dir / "units" / suite.NAME / key
     units = evaluator.units(config, ctx)
     start = time.perf_counter()
-    mode = getattr(evaluator, "PARALLEL", "units") if distributed.world_size() > 1 else "single"
+    parallel = getattr(evaluator, "PARALLEL", "units") if ctx.split == "auto" else ctx.split
+    mode = parallel if distributed.world_size() > 1 else "single"
     rows, done = _run_units(evaluator, units, config, ctx, folder, mode, f"{suite.NAME} [{profile}]")
     elapsed = time.perf_counter() - start
     if not distributed.is_main():

@@ -25,6 +25,7 @@ class Context:
     dtypes: list[str] | None = None  # overrides the suite's dtypes when given
     cache_dir: Path = DEFAULT_CACHE
     use_cache: bool = True
+    split: str = "auto"  # under torchrun: "units", "data", or "auto" (the evaluator's PARALLEL)
     log: list[str] = field(default_factory=list)
 
 

@@ -23,13 +23,16 @@ MODELS = [
     "deit_base_patch16_224",
     "vit_base_patch16_384",
     "vit_base_patch16_gap_224",
+    # the ViT paper's hybrids: a ResNet-v2 stem's feature map as the patches (the stem alone; R26 + ViT-S)
+    "vit_tiny_r_s16_p8_224",
+    "vit_small_r26_s32_224",
 ]
 
 
 def get_config(profile: str) -> dict:
     config = {
         "models": MODELS,
-        "gradient_models": ["vit_tiny_patch16_224"],
+        "gradient_models": ["vit_tiny_patch16_224", "vit_tiny_r_s16_p8_224"],
         "weights": "random",  # timm's initialisation after torch.manual_seed(seed)
         "weight_files": {},  # model name -> local checkpoint file, overriding `weights`
         "photos": ["astronaut"],  # real photographs, through each model's preprocessing
@@ -37,7 +40,8 @@ def get_config(profile: str) -> dict:
         "dtypes": ["float64", "float32", "bfloat16", "float16"],
         # bfloat16/float16 on a CPU (~16x slower than float32 there): attention alone, the loss and these models;
         # on a GPU every model. The three CLIPs are those whose low-precision rows failed on the first H100 run.
-        "cpu_low_precision_models": ["vit_tiny_patch16_224", "ViT-S-32", "ViT-M-32", "ViT-B-32-quickgelu"],
+        "cpu_low_precision_models": ["vit_tiny_patch16_224", "vit_tiny_r_s16_p8_224", "ViT-S-32", "ViT-M-32",
+                                     "ViT-B-32-quickgelu"],
         "attention": {
             "batch": 2,
             "head_dim": 64,

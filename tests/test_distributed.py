@@ -163,3 +163,21 @@ def test_failing_rank_stops_the_run_and_the_rerun_reuses_the_cache(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "reused 3 of 4 finished units" in rerun.stdout
     assert pd.read_csv(tmp_path / "out" / "flaky.csv")["value"].tolist() == [0, 1, 4, 9]
+
+
+def test_processes_split_units_and_write_the_same_table(tmp_path):
+    """`run --processes 2`: two one-thread processes claim whole units as they go; the table is a single process's
+    (same rows in the same order, each unit once; errors equal to round-off: 1 thread vs 2)."""
+    suites = _suite_dir(tmp_path, "tiny_agreement", TINY_SUITE)
+    common = ["run", "tiny_agreement", "--device", "cpu", "--suites-dir", str(suites)]
+    assert cli.main([*common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")]) == 0
+    proc = subprocess.run([sys.executable, "-m", "harness", *common, "--out", str(tmp_path / "two"), "--cache-dir",
+                           str(tmp_path / "c2"), "--processes", "2"], capture_output=True, text=True, env=ENV,
+                          cwd=REPO_ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(2 one-thread processes)" in proc.stderr and "rank 1/2" in proc.stderr
+    one, two = pd.read_csv(tmp_path / "one" / "agreement.csv"), pd.read_csv(tmp_path / "two" / "agreement.csv")
+    keys = ["unit", "model", "check", "dtype", "backend"]
+    pd.testing.assert_frame_equal(one[keys], two[keys])
+    np.testing.assert_allclose(two["rel_err"].to_numpy(float), one["rel_err"].to_numpy(float), rtol=0, atol=1e-6)
+    assert (two["result"] == one["result"]).all() and two["device"].str.contains("1 threads").all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..reference.hybrid import StemConfig
 from ..reference.vit import ViT, ViTConfig
 
 
@@ -62,8 +63,13 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     if getattr(model, "pool_include_prefix", False):
         problems.append("pooling that includes prefix tokens (pool_include_prefix=True)")
     pe = model.patch_embed
-    if type(pe).__name__ != "PatchEmbed" or not isinstance(pe.norm, nn.Identity):
-        problems.append("a patch embedding other than a plain linear projection (embed_layer / embed_norm_layer)")
+    hybrid = type(pe).__name__ == "HybridEmbed"
+    stem = _stem_config(pe.backbone, problems) if hybrid else None
+    if hybrid and not isinstance(pe.proj, nn.Conv2d):
+        problems.append("a hybrid patch embedding without projection (proj=False)")
+    if not hybrid and (type(pe).__name__ != "PatchEmbed" or not isinstance(pe.norm, nn.Identity)):
+        problems.append(f"patch embedding {type(pe).__name__} (the reference has the linear patch projection and "
+                        "the hybrid's ResNet stem; embed_layer / embed_norm_layer)")
     if getattr(pe, "dynamic_img_pad", False):
         problems.append("dynamic image padding (dynamic_img_pad=True)")
     if not getattr(pe, "flatten", True):
@@ -115,7 +121,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
     return ViTConfig(
         image_size=pe.img_size[0],
         patch_size=pe.patch_size[0],
-        in_chans=pe.proj.in_channels,
+        in_chans=pe.in_chans if hybrid else pe.proj.in_channels,
         num_classes=model.num_classes,
         width=model.embed_dim,
         depth=len(model.blocks),
@@ -131,7 +137,49 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         head_bias=not isinstance(model.head, nn.Linear) or model.head.bias is not None,
         act=acts.pop(),
         norm_eps=eps.pop() if eps else 1e-6,
+        stem=stem,
     )
+
+
+def _stem_config(backbone: nn.Module, problems: list[str]) -> StemConfig | None:
+    """The StemConfig of a timm hybrid's backbone: timm's ResNetV2 without pre-activation (ViT hybrids), or its bare
+    stem (nn.Sequential conv, norm, pool); anything else is named in `problems`."""
+    name = type(backbone).__name__
+    if name == "ResNetV2":
+        stem, stages = backbone.stem, list(backbone.stages)
+        if not isinstance(backbone.norm, nn.Identity) or any(p.numel() for p in backbone.head.parameters()):
+            problems.append("a ResNetV2 backbone with pre-activation or a head (the reference hybrid has ViT's "
+                            "non-pre-activation ResNet-v2)")
+    elif name == "Sequential":
+        stem, stages = backbone, []
+    else:
+        problems.append(f"a {name} backbone (the reference hybrid has timm's ResNetV2 stem with weight-standardised "
+                        "convolutions and GroupNorm: vit_*_r*_s*, vit_tiny_r_s16_p8; not ResNet-D with BatchNorm)")
+        return None
+    if [n for n, _ in stem.named_children()] != ["conv", "norm", "pool"]:
+        problems.append(f"a stem of {[n for n, _ in stem.named_children()]} (the reference: conv 7×7, norm, pool)")
+        return None
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in backbone.modules() if isinstance(m, nn.GroupNorm)]
+    conv_types = {type(m).__name__ for m in convs}
+    if not conv_types <= {"StdConv2dSame", "StdConv2d"} or len(conv_types) != 1:
+        problems.append(f"backbone convolutions {sorted(conv_types)} (the reference: weight-standardised, one kind)")
+    if len(norms) != sum(1 for m in backbone.modules() if "Norm" in type(m).__name__) or not norms:
+        problems.append("backbone norms other than GroupNorm")
+    blocks = [b for s in stages for b in s.blocks]
+    if any(type(b).__name__ != "Bottleneck" for b in blocks):
+        problems.append("backbone blocks other than the non-pre-activation Bottleneck")
+    if any(b.conv2.groups != 1 or b.conv2.dilation != (1, 1) or b.conv2.out_channels * 4 != b.conv3.out_channels
+           for b in blocks if type(b).__name__ == "Bottleneck"):
+        problems.append("grouped, dilated or other-ratio bottlenecks")
+    if len({(m.num_groups, m.eps) for m in norms}) > 1 or len({m.eps for m in convs}) > 1:
+        problems.append("several GroupNorm group counts or epsilons in the backbone")
+    if problems:
+        return None
+    return StemConfig(layers=tuple(len(s.blocks) for s in stages), width=stem.conv.out_channels,
+                      channels=tuple(s.blocks[0].conv3.out_channels for s in stages) or (256, 512, 1024, 2048),
+                      groups=norms[0].num_groups, norm_eps=norms[0].eps, ws_eps=convs[0].eps,
+                      same_padding=type(convs[0]).__name__ == "StdConv2dSame")
 
 
 # Source tensors whose layout differs from the reference: name -> function(tensor, config).
@@ -148,6 +196,9 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: ViTConfig) -
         expected = {k: v.shape for k, v in ViT(config).state_dict().items()}
     out, extra, bad_shape = {}, [], []
     for key, value in state_dict.items():
+        if config.stem is not None and not config.stem.layers and key.startswith("patch_embed.backbone.") \
+                and not key.startswith("patch_embed.backbone.stem."):  # timm's bare stem is the backbone itself
+            key = key.replace("patch_embed.backbone.", "patch_embed.backbone.stem.", 1)
         if key not in expected:
             extra.append(key)
             continue
@@ -156,7 +207,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: ViTConfig) -
             bad_shape.append(f"{key}: source {tuple(value.shape)} vs reference {tuple(expected[key])}")
             continue
         out[key] = value
-    missing = [k for k in expected if k not in state_dict]
+    missing = [k for k in expected if k not in out and not any(b.startswith(f"{k}:") for b in bad_shape)]
     if extra or missing or bad_shape:
         parts = [f"{label}: {', '.join(keys)}" for label, keys in
                  (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", bad_shape)) if keys]

@@ -37,6 +37,8 @@ from ..suite import Context, Table
 # ---------------------------------------------------------------------------------------------------- units
 
 
+CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are faster (run --processes)
+
 def units(config: dict, ctx: Context) -> list[str]:
     out = ["attention"] if config.get("attention") else []
     out += [f"model:{m}" for m in config["models"]]
@@ -116,7 +118,14 @@ def _dtypes(config: dict, device: torch.device, model: str | None) -> list[str]:
 
 
 def _stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [("patch_embed", model.patch_embed)] + [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
+    """The patch embedding, each block, and for a hybrid its CNN's stem and every stage (timm's bare-stem hybrids
+    have the stem as their backbone; the reference always names it stem)."""
+    stem = []
+    backbone = getattr(model.patch_embed, "backbone", None)
+    if backbone is not None:
+        stem = [("stem", getattr(backbone, "stem", backbone))]
+        stem += [(f"stem.stages.{i}", s) for i, s in enumerate(getattr(backbone, "stages", []))]
+    return stem + [("patch_embed", model.patch_embed)] + [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
 
 
 def _run_with_stages(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -24,6 +24,8 @@ from ..train import Recipe, accuracy, flops_per_image, train
 _TENSORS: dict = {}  # decoded training images, per process: the largest subset once, smaller ones are inside it
 
 
+CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are faster (run --processes)
+
 def _datasets(config: dict):
     d = config["data"]
     kwargs = {"root": d["imagenet_dir"]} if d.get("imagenet_dir") else {}
@@ -151,8 +153,25 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["architecture", "train_images"]).reset_index(drop=True)
 
 
-def finding(s: pd.DataFrame, vit: str, cnn: str) -> str:
-    """One or two sentences on the curves, computed from the table, whatever they show."""
+def finding(s: pd.DataFrame, vit: str, cnn: str, hybrid: str | None = None) -> str:
+    """One or two sentences on the curves, computed from the table, whatever they show; with a hybrid, one more
+    on where it lies against the ViT and the CNN at each size."""
+    text = _vit_vs_cnn(s, vit, cnn)
+    if hybrid is None or not text:
+        return text
+    h = s[s.architecture == hybrid].set_index("train_images")["accuracy_mean"]
+    a = s[s.architecture == vit].set_index("train_images")["accuracy_mean"]
+    b = s[s.architecture == cnn].set_index("train_images")["accuracy_mean"]
+    places = []
+    for n in sorted(set(h.index) & set(a.index) & set(b.index)):
+        above = [name for name, other in (("ViT", a[n]), ("CNN", b[n])) if h[n] > other]
+        where = ("above both" if len(above) == 2 else f"between them, above the {above[0]}" if above else
+                 "below both")
+        places.append(f"{n}: {where} ({h[n] - a[n]:+.1f} vs ViT, {h[n] - b[n]:+.1f} vs CNN)")
+    return text + f" The hybrid ({hybrid}), by training-set size: " + "; ".join(places) + "."
+
+
+def _vit_vs_cnn(s: pd.DataFrame, vit: str, cnn: str) -> str:
     a = s[s.architecture == vit].set_index("train_images")["accuracy_mean"]
     b = s[s.architecture == cnn].set_index("train_images")["accuracy_mean"]
     common = sorted(set(a.index) & set(b.index))
@@ -200,7 +219,7 @@ def plot(s: pd.DataFrame, path: Path) -> None:
 def tables(rows: list[dict], config: dict) -> list[Table]:
     runs = pd.DataFrame(rows)
     s = summary(runs)
-    text = finding(s, config["compare"][0], config["compare"][1])
+    text = finding(s, *config["compare"][:3])
     r, p = config["recipe"], config["step_policy"]
     notes = (f"Recipe for every architecture: AdamW (lr {r['lr']}, weight decay {r['weight_decay']}), "
              f"{r['warmup']:.0%} linear warm-up then cosine decay, batch {r['batch_size']}, label smoothing "

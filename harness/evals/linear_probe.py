@@ -19,6 +19,7 @@ from ..models import check_specs
 from ..suite import Context, Table
 
 PARALLEL = "data"  # under torchrun every rank extracts a shard of each model's features (harness.distributed)
+CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are faster (run --processes)
 
 
 def validate(config: dict, ctx: Context) -> None:

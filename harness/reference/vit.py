@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .attention import MultiHeadAttention
+from .hybrid import HybridEmbed, StemConfig
 
 # Model sizes, one line each: (width D, depth L, MLP width, heads h).
 # ViT paper Table 1 (B, L, H); Ti and S from DeiT (Touvron et al., 2021); M from big_vision.
@@ -52,10 +53,17 @@ class ViTConfig:
     act: str = "gelu"  # MLP activation: "gelu" (erf) or "quick_gelu" (x·σ(1.702x), OpenAI CLIP)
     norm_eps: float = 1e-6  # LayerNorm epsilon (timm ViT 1e-6, CLIP 1e-5)
     fused_attn: bool = False  # False: the explicit formula; True: torch's F.scaled_dot_product_attention
+    stem: StemConfig | None = None  # a hybrid: patches of this ResNet stem's feature map (reference/hybrid.py)
+
+    @property
+    def grid(self) -> int:
+        """Patches per side: of the image, or of the stem's feature map for a hybrid."""
+        side = self.stem.feature_size(self.image_size) if self.stem else self.image_size
+        return side // self.patch_size
 
     @property
     def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return self.grid**2
 
     @classmethod
     def from_variant(cls, name: str, **kwargs) -> "ViTConfig":
@@ -68,8 +76,10 @@ class ViTConfig:
         return cls(**{**base, **kwargs})
 
     def __post_init__(self):
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        side = self.stem.feature_size(self.image_size) if self.stem else self.image_size
+        if side % self.patch_size:
+            what = f"the stem's {side}×{side} feature map" if self.stem else f"image_size {self.image_size}"
+            raise ValueError(f"{what} is not a multiple of patch_size {self.patch_size}")
         if self.pool not in ("token", "avg"):
             raise ValueError(f"pool must be 'token' or 'avg', got {self.pool!r}")
         if self.pool == "token" and not self.class_token:
@@ -153,12 +163,13 @@ class ViT(nn.Module):
         self.config = config
         D, N = config.width, config.num_patches
         self.num_prefix_tokens = 1 if config.class_token else 0
-        self.patch_embed = PatchEmbed(config)
+        self.patch_embed = (HybridEmbed(config.image_size, config.patch_size, config.in_chans, D, config.patch_bias,
+                                        config.stem) if config.stem else PatchEmbed(config))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if config.class_token else None
         if config.pos_embed == "learn":
             self.pos_embed = nn.Parameter(torch.randn(1, N + self.num_prefix_tokens, D) * 0.02)
         else:  # fixed; the [CLS] token, if any, gets a zero position embedding
-            table = torch.cat([torch.zeros(self.num_prefix_tokens, D), sincos_2d(int(N**0.5), D)])
+            table = torch.cat([torch.zeros(self.num_prefix_tokens, D), sincos_2d(config.grid, D)])
             self.register_buffer("pos_embed", table[None], persistent=False)
         self.norm_pre = nn.LayerNorm(D, eps=config.norm_eps) if config.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList([
