@@ -53,6 +53,8 @@ def get_config(profile: str) -> dict:
                 "models": FULL_MODELS, "published": PUBLISHED, "batch_size": 256, "val_fraction": 0.1,
                 # the λ sweep on 100,000 of the 1.15M fit images, its choice carried over at fixed C = 1/(λN)
                 "sweep_max_images": 100_000,
+                # harness.catalog's data sets; more: --set 'datasets=["imagenet","cifar10","food101",...]'
+                "datasets": ["imagenet"], "dataset_roots": {},
                 # JPEGs decoded in 8 DataLoader workers; "autocast": "bfloat16" runs the encoders under autocast
                 "workers": 8}
     return {
@@ -62,6 +64,8 @@ def get_config(profile: str) -> dict:
                  "test_per_class": 500},
         "models": DEFAULT_MODELS,
         "published": {},
+        # empty: the data set above; harness.catalog names to probe on those instead (one row each, and the mean)
+        "datasets": [], "dataset_roots": {},
         "batch_size": 500,
         "val_fraction": 0.1,
         "notes": "Default profile: random-init weights (seed 0) and the data-scale suite's trained models "

@@ -31,17 +31,17 @@ CLIP_MODEL = {
     "text": {"context_length": 16, "width": 64, "depth": 2, "heads": 4, "mlp_dim": 128},
 }
 
-# open_clip's zero-shot ImageNet top-1 (open_clip docs/openclip_results.csv)
-OPEN_CLIP_RESULTS = "open_clip results table (docs/openclip_results.csv), ImageNet-1k zero-shot top-1"
+# published numbers per data set: harness.catalog (open_clip docs/openclip_results.csv)
+OPEN_CLIP_RESULTS = "open_clip results table (docs/openclip_results.csv): zero-shot top-1, retrieval score"
 FULL_MODELS = [
     {"id": "ViT-B-32/openai", "library": "open_clip", "name": "ViT-B-32", "weights": "openai",
-     "with_reference": True, "published_top1": 63.32},
+     "with_reference": True},
     {"id": "ViT-B-32/laion2b_s34b_b79k", "library": "open_clip", "name": "ViT-B-32", "weights": "laion2b_s34b_b79k",
-     "with_reference": True, "published_top1": 66.56},
+     "with_reference": True},
     {"id": "ViT-B-16/openai", "library": "open_clip", "name": "ViT-B-16", "weights": "openai",
-     "with_reference": True, "published_top1": 68.34},
+     "with_reference": True},
     {"id": "ViT-L-14/openai", "library": "open_clip", "name": "ViT-L-14", "weights": "openai",
-     "with_reference": True, "published_top1": 75.54},
+     "with_reference": True},
 ]
 
 
@@ -49,7 +49,10 @@ def get_config(profile: str) -> dict:
     if profile == "full":
         return {
             "data": {"name": "imagenet", "split": "validation", "imagenet_dir": None},  # or $VITCLIP_IMAGENET_DIR
-            "classnames": "imagenet", "templates": "openai_imagenet",  # open_clip's 1,000 names, 80 templates
+            # harness.catalog's data sets (ImageNet: open_clip's 1,000 names, OpenAI's 80 templates); CLIP_benchmark's
+            # set: --set 'datasets=["imagenet","cifar10","cifar100","food101","pets","flowers102","stl10","dtd",
+            # "eurosat","mnist","flickr30k","mscoco"]', local copies by --set 'dataset_roots={"cifar10": "/data/c10"}'
+            "datasets": ["imagenet"], "dataset_roots": {},
             "models": FULL_MODELS, "published_source": OPEN_CLIP_RESULTS, "batch_size": 256,
             "workers": 8,  # JPEGs decoded in 8 DataLoader workers; "autocast": "bfloat16" for the encoders
         }
@@ -70,6 +73,8 @@ def get_config(profile: str) -> dict:
         },
         # the linear probe beside zero-shot: same image tower, 500 training images per class
         "probe": {"train_per_class": 500, "val_fraction": 0.1},
-        "models": [],
+        # open_clip models to evaluate beside the self-trained CLIP (none by default), on harness.catalog's data
+        # sets (--set 'models=[...]' --set 'datasets=["cifar10"]'); empty: the data set above
+        "models": [], "datasets": [], "dataset_roots": {},
         "batch_size": 500,
     }

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from .. import catalog
 from .. import data as data_lib
 from ..adapters import Encoder, load_encoder, reference
 from ..features import extract, extraction_options
@@ -24,7 +25,10 @@ CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are fa
 
 def validate(config: dict, ctx: Context) -> None:
     d = config["data"]
-    data_lib.check_source(d, [d["train_split"], d["test_split"]])
+    for name in config.get("datasets") or []:
+        catalog.spec(name)  # a known data set, or the closest names
+    if not config.get("datasets") or "imagenet" in config["datasets"]:
+        data_lib.check_source(d, [d["train_split"], d["test_split"]])
     check_specs(config["models"])
 
 
@@ -32,11 +36,24 @@ def units(config: dict, ctx: Context) -> list[str]:
     return [f"probe:{m['id']}" for m in config["models"]]
 
 
-def _load_data(config: dict, seed: int):
+def probe_sets(config: dict) -> list[dict]:
+    """The data sets to probe on: config["datasets"] (names from harness.catalog, each with the per-class subsets
+    of config["data"]), or the one config["data"] declares."""
     d = config["data"]
-    kwargs = {"root": d["imagenet_dir"]} if d.get("imagenet_dir") else {}
-    train = data_lib.load(d["name"], d["train_split"], **kwargs)
-    test = data_lib.load(d["name"], d["test_split"], **kwargs)
+    if config.get("datasets"):
+        return [{**d, "name": n, "catalog": True,
+                 "root": d.get("imagenet_dir") if n == "imagenet" else config.get("dataset_roots", {}).get(n)}
+                for n in config["datasets"]]
+    return [{**d, "catalog": False}]
+
+
+def _load_data(d: dict, seed: int):
+    if d["catalog"]:
+        train, test = catalog.load(d["name"], "train", d["root"]), catalog.load(d["name"], "test", d["root"])
+    else:
+        kwargs = {"root": d["imagenet_dir"]} if d.get("imagenet_dir") else {}
+        train = data_lib.load(d["name"], d["train_split"], **kwargs)
+        test = data_lib.load(d["name"], d["test_split"], **kwargs)
     train_idx = (data_lib.balanced_subset(train.labels, d["train_per_class"], seed)
                  if d.get("train_per_class") else None)
     test_idx = data_lib.balanced_subset(test.labels, d["test_per_class"], seed) if d.get("test_per_class") else None
@@ -77,19 +94,21 @@ def _probe(encoder: Encoder, config: dict, ctx: Context, datasets, check_sklearn
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     model_id = unit.partition(":")[2]
     spec = next(m for m in config["models"] if m["id"] == model_id)
-    datasets = _load_data(config, ctx.seed)
     encoder = load_encoder(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
-    published = config.get("published", {}).get(model_id, {})
-    row, pred, feats = _probe(encoder, config, ctx, datasets)
     weights = spec.get("weights", "random") if spec["library"] != "data_scale" else f"trained ({spec['unit']})"
-    rows = [{**row, "weights": weights, **published}]
-    if spec.get("with_reference"):
-        # the reference's features equal the library's to round-off: the scikit-learn check is not run again
-        ref_row, ref_pred, ref_feats = _probe(reference(encoder), config, ctx, datasets, check_sklearn=False)
-        ref_row["prediction_agreement"] = float((ref_pred == pred).mean())
-        ref_row["feature_max_rel_diff"] = max(float(np.abs(r - f).max() / np.abs(f).max())
-                                              for r, f in zip(ref_feats, feats))
-        rows.append({**ref_row, "weights": weights, **published})
+    rows = []
+    for d in probe_sets(config):
+        datasets = _load_data(d, ctx.seed)
+        published = config.get("published", {}).get(model_id, {}) if d["name"] == config["data"]["name"] else {}
+        row, pred, feats = _probe(encoder, config, ctx, datasets)
+        rows.append({**row, "weights": weights, **published})
+        if spec.get("with_reference"):
+            # the reference's features equal the library's to round-off: the scikit-learn check is not run again
+            ref_row, ref_pred, ref_feats = _probe(reference(encoder), config, ctx, datasets, check_sklearn=False)
+            ref_row["prediction_agreement"] = float((ref_pred == pred).mean())
+            ref_row["feature_max_rel_diff"] = max(float(np.abs(r - f).max() / np.abs(f).max())
+                                                  for r, f in zip(ref_feats, feats))
+            rows.append({**ref_row, "weights": weights, **published})
     return rows
 
 
@@ -97,6 +116,7 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     df = pd.DataFrame(rows)
     if "published_top1" in df:
         df["diff_vs_published"] = df["top1"] - df["published_top1"]
+    df = pd.concat([df, catalog.dataset_means(df.assign(task="classification"))], ignore_index=True)
     cols = ["model", "library", "weights", "dataset", "train_images", "test_images", "top1", "top1_ci_low",
             "top1_ci_high", "top5", "mean_per_class_recall", "strength", "sklearn_top1", "sklearn_diff",
             "prediction_agreement", "feature_max_rel_diff", "published_top1", "diff_vs_published", "published_source",

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import cache, checkpoints, distributed
+from .. import cache, catalog, checkpoints, distributed
 from .. import data as data_lib
 from ..adapters import load_encoder, reference
 from ..convert.open_clip import to_open_clip
@@ -35,7 +35,10 @@ PARALLEL = "data"  # under torchrun every rank extracts a shard of the features 
 
 
 def validate(config: dict, ctx: Context) -> None:
-    data_lib.check_source(config["data"], [config["data"]["split"]])
+    for name in config.get("datasets") or []:
+        catalog.spec(name)  # a known data set, or the closest names
+    if not config.get("datasets") or "imagenet" in config["datasets"]:
+        data_lib.check_source(config["data"], [config["data"]["split"]])
     check_specs(config["models"])
 
 
@@ -223,37 +226,90 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
     return rows
 
 
+def zero_shot_sets(config: dict) -> list[dict]:
+    """The data sets a pretrained model is evaluated on: config["datasets"] (names from harness.catalog), or the
+    one declared by config["data"] / "classnames" / "templates" (ImageNet by default)."""
+    d = config["data"]
+    if config.get("datasets"):
+        return [{"name": n, "root": d.get("imagenet_dir") if n == "imagenet" else
+                 config.get("dataset_roots", {}).get(n), "test_per_class": d.get("test_per_class")}
+                for n in config["datasets"]]
+    return [{"name": d["name"], "root": d.get("imagenet_dir"), "split": d["split"],
+             "test_per_class": d.get("test_per_class"), "classnames": config["classnames"],
+             "templates": config["templates"]}]
+
+
 def _eval_pretrained(spec: dict, config: dict, ctx: Context) -> list[dict]:
-    """One open_clip model (and the reference converted from it) on the configured data set."""
+    """One open_clip model (and the reference converted from it) on each of the configured data sets."""
     import open_clip
 
-    d = config["data"]
-    kwargs = {"root": d["imagenet_dir"]} if d.get("imagenet_dir") else {}
-    data = data_lib.load(d["name"], d["split"], **kwargs)
-    idx = data_lib.balanced_subset(data.labels, d["test_per_class"], seed=0) if d.get("test_per_class") else None
-    names = data.classnames if config["classnames"] == "imagenet" else config["classnames"]
-    temps = templates(config)
     encoder = load_encoder(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
     tok = open_clip.get_tokenizer(spec["name"])
-    published = {"published_top1": spec["published_top1"], "published_source": config["published_source"]} \
-        if "published_top1" in spec else {}
-    rows, preds, classifiers = [], {}, {}
     encoders = [encoder] + ([reference(encoder)] if spec.get("with_reference") else [])
+    rows = []
+    for ds in zero_shot_sets(config):
+        entry = catalog.CATALOG.get(ds["name"])
+        published = spec.get("published_top1") if "classnames" in ds else \
+            (entry.published.get(f"{spec['name']}/{spec.get('weights', 'random')}") if entry else None)
+        common = {"model": spec["id"], "weights": spec.get("weights", "random"), "dataset": ds["name"],
+                  **({"published_top1": published, "published_source": config.get("published_source",
+                                                                                   catalog.OPENAI_SOURCE)}
+                     if published is not None else {})}
+        if entry is not None and entry.task == "retrieval":
+            rows += _retrieval_rows(encoders, tok, ds, config, ctx, common)
+        else:
+            rows += _classification_rows(encoders, encoder, tok, ds, config, ctx, common)
+    return rows
+
+
+def _classification_rows(encoders, encoder, tok, ds: dict, config: dict, ctx: Context, common: dict) -> list[dict]:
+    import open_clip
+
+    if "classnames" in ds:  # declared in the suite config
+        data = data_lib.load(ds["name"], ds["split"], **({"root": ds["root"]} if ds["root"] else {}))
+        names = data.classnames if ds["classnames"] == "imagenet" else ds["classnames"]
+        temps = templates({"templates": ds["templates"]})
+        label = ds["templates"] if isinstance(ds["templates"], str) else "config"
+    else:
+        data = catalog.load(ds["name"], "test", ds["root"])
+        names, temps, label = data.classnames, catalog.templates(catalog.spec(ds["name"])), "catalog"
+    idx = data_lib.balanced_subset(data.labels, ds["test_per_class"], seed=0) if ds.get("test_per_class") else None
+    rows, preds, classifiers = [], {}, {}
     for enc in encoders:
         t0 = time.perf_counter()
         clf = zero_shot_classifier(enc.module, tok, names, temps, device=ctx.device)
         feats = _features(enc.encode, data, enc.transform, idx, enc.id, enc.weights, config, ctx, enc.id)
         m = classification_metrics(torch.from_numpy(feats.features), clf.cpu(), feats.labels)
         preds[enc.library], classifiers[enc.library] = m.pop("predictions"), clf
-        rows.append({"model": spec["id"], "library": enc.library, "weights": spec.get("weights", "random"),
-                     "dataset": d["name"], "task": "classification", "templates": f"{config['templates']} "
-                     f"({len(temps)})", "images": len(feats.labels), **m, **published,
+        rows.append({**common, "library": enc.library, "task": "classification",
+                     "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m,
                      "skipped_images": len(feats.skipped), "seconds": time.perf_counter() - t0})
     rows[0]["classifier_max_abs_diff"] = (classifiers["open_clip"] - open_clip.build_zero_shot_classifier(
         encoder.module, tok, names, temps, device=ctx.device)).abs().max().item()
     if len(rows) == 2:
         rows[1]["classifier_max_abs_diff"] = (classifiers["reference"] - classifiers["open_clip"]).abs().max().item()
         rows[1]["prediction_agreement"] = float((preds["reference"] == preds["open_clip"]).mean())
+    return rows
+
+
+def _retrieval_rows(encoders, tok, ds: dict, config: dict, ctx: Context, common: dict) -> list[dict]:
+    """Image-text retrieval recall@1/5/10 both ways (CLIP_benchmark's definition) on an image–caption set."""
+    r = catalog.load_retrieval(ds["name"], ds["root"])
+    rows = []
+    for enc in encoders:
+        t0 = time.perf_counter()
+        feats = _features(enc.encode, r.data, enc.transform, None, enc.id, enc.weights, config, ctx, enc.id)
+        with torch.no_grad():
+            text = torch.cat([enc.module.encode_text(tok(r.captions[i: i + 256]).to(ctx.device)).float().cpu()
+                              for i in range(0, len(r.captions), 256)])
+        kept = {int(row): k for k, row in enumerate(feats.indices)}  # unreadable images drop out, their captions too
+        captions = [j for j, owner in enumerate(r.caption_image) if owner in kept]
+        owners = np.array([kept[r.caption_image[j]] for j in captions])
+        rec = retrieval_recall(torch.from_numpy(feats.features), text[captions], owners, RECALL_KS)
+        rows.append({**common, "library": enc.library, "task": "retrieval", "templates": "",
+                     "images": len(feats.labels), "captions": len(captions), **rec,
+                     **{f"chance_R@{k}": 100.0 * k / max(len(feats.labels), 1) for k in RECALL_KS},
+                     "skipped_images": len(feats.skipped), "seconds": time.perf_counter() - t0})
     return rows
 
 
@@ -271,16 +327,18 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
 
 def tables(rows: list[dict], config: dict) -> list[Table]:
     df = pd.DataFrame(rows)
-    for c in ("images", "captions", "distinct_captions", "train_images", "probe_train_images", "steps", "params",
-              "skipped_images"):
-        if c in df:  # counts stay integers in the tables although other rows leave them empty
-            df[c] = pd.Series([int(v) if v == v else float("nan") for v in df[c]], index=df.index, dtype=object)
     if "published_top1" in df:
         df["diff_vs_published"] = df["top1"] - df["published_top1"]
+    df = pd.concat([df, catalog.dataset_means(df)], ignore_index=True)
+    for c in ("images", "captions", "distinct_captions", "train_images", "probe_train_images", "steps", "params",
+              "skipped_images", "datasets"):
+        if c in df:  # counts stay integers in the tables although other rows leave them empty
+            df[c] = pd.Series([int(v) if v == v else float("nan") for v in df[c]], index=df.index, dtype=object)
     recall = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in RECALL_KS]
-    cols = ["model", "library", "weights", "task", "templates", "images", "top1", "top5", "mean_per_class_recall",
-            *recall, "chance_R@1", "distinct_captions", "temperature", "classifier_max_abs_diff",
-            "prediction_agreement", "published_top1", "diff_vs_published", "final_loss", "train_seconds"]
+    cols = ["model", "library", "weights", "dataset", "task", "templates", "images", "top1", "top5",
+            "mean_per_class_recall", *recall, "chance_R@1", "distinct_captions", "temperature",
+            "classifier_max_abs_diff", "prediction_agreement", "published_top1", "diff_vs_published", "datasets",
+            "final_loss", "train_seconds"]
     if config.get("train"):
         t = config["train"]
         notes = (
