@@ -387,6 +387,96 @@ def bench_pipeline(device: torch.device, dtype: torch.dtype, quick: bool = False
     return pd.DataFrame(rows)
 
 
+# ----------------------------------------------------------------------------------------------- cold eval
+BASELINE = "8f44717"  # the commit whose results/ tables time the suites before this part existed
+
+
+def _stages(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, float]]:
+    """(suite, stage, seconds) from a run's own tables: where the time went inside each suite."""
+    out = []
+    ag = tables.get("agreement")
+    if ag is not None and "unit" in ag:
+        units = ag.drop_duplicates("unit")
+        kind = units["unit"].str.partition(":")[0]
+        for k, sec in units.groupby(kind)["unit_seconds"].sum().items():
+            out.append(("agreement", f"units {k}", float(sec)))
+    for extra in ("agreement_attention", "agreement_clip_loss"):
+        t = tables.get(extra)
+        if t is not None and "unit_seconds" in t:
+            out.append(("agreement", f"units {t['unit'].iloc[0]}", float(t["unit_seconds"].iloc[0])))
+    runs = tables.get("data_scale_runs")
+    if runs is not None:
+        for arch, sec in runs.groupby("architecture")["train_seconds"].sum().items():
+            out.append(("data_scale", f"training {arch} ({int((runs.architecture == arch).sum())} runs)", float(sec)))
+        out.append(("data_scale", "everything else in its units", float(runs["unit_seconds"].sum()
+                                                                         - runs["train_seconds"].sum())))
+    lp = tables.get("linear_probe")
+    if lp is not None:
+        lp = lp[lp["dataset"] != "mean"] if "dataset" in lp else lp
+        for col, label in (("extract_seconds", "feature extraction"), ("probe_seconds", "probe (λ sweep + fit)"),
+                           ("sklearn_seconds", "scikit-learn check")):
+            if col in lp:
+                out.append(("linear_probe", label, float(lp[col].sum())))
+    zs = tables.get("zero_shot")
+    if zs is not None and "unit_seconds" in zs:
+        units = zs.drop_duplicates("unit")
+        for _, u in units.iterrows():
+            label = "training the CLIP" if str(u["unit"]).startswith("train") else f"unit {u['unit']}"
+            out.append(("zero_shot", label, float(u["unit_seconds"])))
+    return out
+
+
+def _tables_at(sha: str) -> dict[str, pd.DataFrame]:
+    import io
+    import subprocess
+
+    out = {}
+    for name in ("agreement", "agreement_attention", "agreement_clip_loss", "data_scale_runs", "linear_probe",
+                 "zero_shot"):
+        proc = subprocess.run(["git", "show", f"{sha}:results/{name}.csv"], cwd=results.REPO_ROOT,
+                              capture_output=True, text=True)
+        if proc.returncode == 0:
+            out[name] = pd.read_csv(io.StringIO(proc.stdout))
+    return out
+
+
+def bench_eval(out: Path, processes: str = "auto") -> pd.DataFrame:
+    """A cold `python -m harness run` of every suite's default profile (a fresh cache) timed by suite (wall clock)
+    and by stage (from the tables it writes), beside the stages of the tables at BASELINE. It is the real eval:
+    its tables are written into `out`, where `nox -s eval` writes them."""
+    import re
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--device", "cpu", "--processes", processes,
+                                 "--out", str(out), "--cache-dir", f"{tmp}/cache"], cwd=results.REPO_ROOT,
+                                stderr=subprocess.PIPE, text=True)
+        log = []
+        for line in proc.stderr:  # shown as it comes (progress bars), kept for the suites' times
+            sys.stderr.write(line)
+            log.append(line)
+        total = time.perf_counter() - start
+        if proc.wait():
+            raise RuntimeError(f"the cold eval failed: {''.join(log)[-2000:]}")
+        walls = {m.group(1): float(m.group(2)) for m in re.finditer(r"^([\w, ]+): done in ([\d.]+) s", "".join(log),
+                                                                    re.MULTILINE)}
+        after = {n: pd.read_csv(Path(out) / f"{n}.csv") for n in ("agreement", "agreement_attention",
+                                                                 "agreement_clip_loss", "data_scale_runs",
+                                                                 "linear_probe", "zero_shot")}
+    before = {(s, st): sec for s, st, sec in _stages(_tables_at(BASELINE))}
+    rows = [{"suite": "all suites", "stage": "wall clock, cold (process start to last table)", "seconds_after": total,
+             "processes": processes}]
+    rows += [{"suite": name, "stage": "wall clock", "seconds_after": sec} for name, sec in walls.items()]
+    rows += [{"suite": s, "stage": st, "seconds_after": sec, "seconds_before": before.get((s, st))}
+             for s, st, sec in _stages(after)]
+    rows += [{"suite": s, "stage": st, "seconds_before": sec} for (s, st), sec in before.items()
+             if not any(r.get("suite") == s and r.get("stage") == st for r in rows)]
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------------ main
 def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bool = False) -> list[Path]:
     torch.manual_seed(0)
@@ -437,6 +527,21 @@ def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bo
             "already-transformed tensors at the same batch size (goal ≥ 0.9). The JPEG row: PIL decode and timm's "
             "eval transform of rehearsal JPEGs of ImageNet's sizes on one core (DataLoader workers multiply it).")
         index["bench_pipeline"] = f"feature extraction over model images/s, JPEG decode per core ({device_label})"
+    if "eval" in parts:
+        df = bench_eval(out).assign(**prov)
+        written += results.write_table(
+            df, out, "bench_eval", "A cold default eval, by suite and by stage (CPU)",
+            ["suite", "stage", "seconds_before", "seconds_after", "processes"],
+            "`seconds_after`: this run — `python -m harness run --processes auto` (what `nox -s eval` runs) in a fresh "
+            "cache, every suite's default profile, its tables the published ones beside this file; wall clock per "
+            "suite (the suites that split into units run together as one-thread processes, so their wall clock is "
+            "shared) and, inside each suite, the seconds "
+            "its tables record (with two processes, stage seconds add up to more than the wall clock). "
+            f"`seconds_before`: the same stages read from the tables at commit {BASELINE} (results/ before this "
+            "part existed, one two-thread process); a cold `nox -s eval` of that commit on a fresh clone took 29 "
+            "minutes (agreement 282 s, data_scale 708 s, linear_probe 519 s, zero_shot 204 s; measured for issue 18, "
+            "not by this code).")
+        index["bench_eval"] = "a cold default eval timed by suite and stage, before and after"
     if "probe" in parts:
         df = bench_probe(device).assign(**prov)
         written += results.write_table(
@@ -460,16 +565,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                    help="default: float32 on CPU, bfloat16 on a GPU")
     p.add_argument("--out", type=Path, default=results.REPO_ROOT / "results")
-    p.add_argument("--parts", default="models,attention,probe,pipeline",
-                   help="comma-separated: models,attention,probe,pipeline")
+    p.add_argument("--parts", default="models,attention,probe,pipeline,eval",
+                   help="comma-separated: models,attention,probe,pipeline,eval (eval: a cold default eval, ~20 min)")
     p.add_argument("--quick", action="store_true", help="one model and short sequences (a smoke run)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
-    unknown = set(parts) - {"models", "attention", "probe", "pipeline"}
+    unknown = set(parts) - {"models", "attention", "probe", "pipeline", "eval"}
     if unknown:
-        raise ConfigError(f"unknown bench part(s) {sorted(unknown)}: choose from models, attention, probe, pipeline")
+        raise ConfigError(f"unknown bench part(s) {sorted(unknown)}: choose from models, attention, probe, pipeline, "
+                          "eval")
     start = time.perf_counter()
     paths = run(device, dtype, args.out, parts, args.quick)
     print(f"bench: {math.ceil(time.perf_counter() - start)} s -> " + ", ".join(str(p) for p in paths))

@@ -31,7 +31,7 @@ def write_copy(root, name, per_class=2, size=24):
     else:
         names = list(s.classnames) if s.classnames else [f"class_{i}_name" for i in range(n_classes)]
         features = {s.image_column: datasets.Image(), s.label_column: datasets.ClassLabel(names=names)}
-    for role, split in s.splits.items():
+    for split in s.splits.values():
         rows = {k: [] for k in features}
         for i in range((per_class * n_classes) if s.task == "classification" else 4):
             rows[s.image_column].append(Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)))

@@ -209,3 +209,16 @@ def test_command_line_writes_the_report(tmp_path):
     df = pd.read_csv(tmp_path / "cmp" / "compare.csv")
     assert {"stage", "candidate_stage", "dtype", "rel_err", "result"} <= set(df.columns)
     assert "First divergence" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+@pytest.mark.slow
+def test_readme_example_runs_and_finds_the_planted_bug(capsys):
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Check your own implementation"):]
+    code = section[section.index("```python") + len("```python"): section.index("```", section.index("```python") + 9)]
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example, run as written
+    report = scope["report"]
+    assert report.first_divergence["stage"] == "blocks.0.mlp"
+    assert report.first_divergence["candidate_stage"] == "layers.0.ff"
+    assert "First divergence: library stage `blocks.0.mlp` (candidate `layers.0.ff`" in capsys.readouterr().out

@@ -249,7 +249,9 @@ def _eval_pretrained(spec: dict, config: dict, ctx: Context) -> list[dict]:
     rows = []
     for ds in zero_shot_sets(config):
         entry = catalog.CATALOG.get(ds["name"])
-        published = spec.get("published_top1") if "classnames" in ds else \
+        # a spec's own published_top1 (ImageNet's, or its one data set's) wins: a local weight file names no tag
+        own = "published_top1" in spec and ("classnames" in ds or ds["name"] == "imagenet")
+        published = spec["published_top1"] if own else \
             (entry.published.get(f"{spec['name']}/{spec.get('weights', 'random')}") if entry else None)
         common = {"model": spec["id"], "weights": spec.get("weights", "random"), "dataset": ds["name"],
                   **({"published_top1": published, "published_source": config.get("published_source",
