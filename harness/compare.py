@@ -391,7 +391,8 @@ def _run(model: nn.Module, inputs: dict, dtype: torch.dtype) -> dict[str, torch.
     return {"output": model(inputs["images"].to(dtype))}
 
 
-def _capture(model: nn.Module, paths: list[str], pre: dict[str, str], inputs: dict, dtype) -> tuple[dict, list]:
+def _capture(model: nn.Module, paths: list[str], pre: dict[str, str], inputs: dict,
+             dtype) -> tuple[dict, dict, list]:
     """Outputs of the modules at `paths` (and inputs of the modules in `pre`: stage name -> path), and their firing
     order, in one forward pass. The two are kept apart: a candidate may have a module named like a stage."""
     got, order, hooks = {}, [], []
