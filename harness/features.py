@@ -173,11 +173,12 @@ def extract(
     chunks = [indices[s: s + chunk_size] for s in range(0, len(indices), chunk_size)]
     parts, skipped, from_cache, computed = [], [], 0, 0
     together = distributed.active()  # every rank is here: shard each chunk's images across the ranks
-    bar = tqdm(total=len(indices), desc=desc, unit="img", dynamic_ncols=True, disable=not distributed.is_main())
+    decides = distributed.is_main() or not together  # together, rank 0's cache decides for every rank
+    bar = tqdm(total=len(indices), desc=desc, unit="img", dynamic_ncols=True, disable=not decides)
     for i, rows in enumerate(chunks):
         path = folder / f"chunk_{i:05d}.safetensors" if folder else None
         part = None
-        if path is not None and path.exists() and distributed.is_main():  # rank 0's cache decides for every rank
+        if path is not None and path.exists() and decides:
             try:
                 part = _read_chunk(path, rows)
                 if parts and len(part["labels"]) and part["features"].shape[1] != parts[-1]["features"].shape[1]:
@@ -198,7 +199,7 @@ def extract(
             part = _compute(encode, batches, device, dtype, autocast, bar)
             if together:
                 part = _merge(distributed.all_gather(part), rows)
-            if path is not None and distributed.is_main():
+            if path is not None and decides:
                 _save_chunk(path, part)
             computed += 1
         if len(part["labels"]):
