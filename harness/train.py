@@ -71,15 +71,29 @@ def augment(x: torch.Tensor, recipe: Recipe, g: torch.Generator) -> torch.Tensor
     return x
 
 
+def adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
+    """torch's AdamW, its fused kernel where the parameters' device has one (CPU and CUDA): the same update, one
+    kernel over all parameters instead of a loop of small ones (measured on 2 CPU cores: the zero-shot CLIP's
+    optimizer step 55 -> 7 ms, its 3.2M-entry token embedding dominating; the data-scale ViT 1.1x steps/s)."""
+    devices = {p.device.type for g in groups for p in g["params"]}
+    fused = devices <= {"cpu", "cuda"} and all(p.is_floating_point() for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, fused=fused or None, **kwargs)
+
+
 def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, seed: int,
-          desc: str = "train") -> dict:
-    """Train on (images, labels) held in memory (N, C, H, W) for recipe.steps steps. Returns loss and time."""
+          desc: str = "train", channels_last: bool = False) -> dict:
+    """Train on (images, labels) held in memory (N, C, H, W) for recipe.steps steps. Returns loss and time.
+
+    channels_last: run the model and batches in torch's channels-last layout (the same arithmetic, faster
+    convolutions on a CPU: the data-scale ResNet 1.5x steps/s); the model is returned in the usual layout."""
     g = torch.Generator().manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n and "cls_token" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n
                                                                 and "cls_token" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.999))
+    opt = adamw([{"params": decay, "weight_decay": recipe.weight_decay},
+                 {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.999))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     model.train()
     n = len(images)
     order, pos = torch.randperm(n, generator=g), 0
@@ -91,6 +105,8 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: 
         idx = order[pos: pos + min(recipe.batch_size, n)]
         pos += len(idx)
         x = augment(images[idx], recipe, g)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, recipe)
         loss = F.cross_entropy(model(x), labels[idx], label_smoothing=recipe.label_smoothing)
@@ -100,7 +116,7 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: 
         losses.append(check_finite(loss, step, desc, recipe))
         if step % 10 == 0 or step == recipe.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()  # checkpoints and other code see the usual layout
     return {"final_loss": float(np.mean(losses[-20:])), "train_seconds": time.perf_counter() - start}
 
 
@@ -137,8 +153,8 @@ def train_clip(model: nn.Module, images: torch.Tensor,
     g = torch.Generator().manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not _no_decay(n)]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and not _no_decay(n))]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = adamw([{"params": decay, "weight_decay": recipe.weight_decay},
+                 {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
     model.train()
     n, device = len(images), images.device
     order, pos = torch.randperm(n, generator=g), 0
