@@ -5,8 +5,8 @@ A model is declared in a suite as a dict:
    "kwargs": {"img_size": 28, "patch_size": 4}, "data_cfg": {...}, "weights": "random"}
   library "timm" | "open_clip"; kwargs go to the library's create function; data_cfg overrides timm's
   preprocessing facts (input_size, crop_pct, mean, std, interpolation); weights as in harness.models.
-  library "data_scale": a model trained by the data-scale suite, {"unit": "resnet_small:1200:0"}; run that
-  suite first (nox -s eval runs it before linear_probe).
+  library "data_scale": a model trained by the data-scale suite, {"unit": "resnet_small:1200:0"}, read from
+  its checkpoint (trained first, the same way, when that suite has not run).
 `reference(encoder)` gives the reference model converted from a library encoder, with the same transform.
 """
 
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from . import checkpoints
 from .data import GrayscaleTransform
 from .features import weights_hash
-from .models import build_architecture, load_open_clip, load_timm, open_clip_transform, timm_transform
+from .models import load_open_clip, load_timm, open_clip_transform, timm_transform
 
 
 @dataclass
@@ -39,15 +39,16 @@ def _timm_features(model: nn.Module) -> Callable:
 
 
 def _data_scale_encoder(spec: dict, device, cache_dir) -> Encoder:
+    """A model the data-scale suite trains (its default profile), read from its checkpoint, or trained here first
+    when the suite has not run yet (the same deterministic run, saved where the suite finds it)."""
+    from .evals import data_scale
     from .suite import load_suite
 
-    config = load_suite("data_scale").get_config("default")
-    path = checkpoints.path(cache_dir, "data_scale", [config, spec["unit"]], device)
-    loaded = checkpoints.load_or_none(path, lambda meta: build_architecture(meta["arch"]), device)
-    if loaded is None:
-        raise FileNotFoundError(f"no usable data-scale checkpoint for {spec['unit']!r} at {path}: run "
-                                "`nox -s eval -- data_scale` first (nox -s eval runs it before linear_probe)")
-    model = loaded[0]
+    if cache_dir is None:
+        raise ValueError(f"probing the data-scale model {spec['unit']!r} needs a cache folder (its checkpoint lives "
+                         "there): run without --no-cache")
+    model, _, _ = data_scale.trained(spec["unit"], load_suite("data_scale").get_config("default"), torch.device(device),
+                                     Path(cache_dir))
     return Encoder(spec["id"], "data_scale", model, _timm_features(model), GrayscaleTransform(channels=1),
                    weights_hash(model))
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import checkpoints
+from .. import cache, checkpoints
 from .. import data as data_lib
 from ..models import build_architecture
 from ..results import stable_hash
@@ -102,35 +102,68 @@ def units(config: dict, ctx: Context) -> list[str]:
     return out
 
 
+def unit_cost(unit: str, config: dict) -> float:
+    """A rough cost in seconds on one CPU core, for ordering units only (the runner starts long ones first): its
+    optimisation steps at ~0.1 s each (the default profile's models, measured 0.07-0.13 s)."""
+    per_class = int(unit.split(":")[1])
+    return 0.1 * steps_for(per_class * _classes_count(config), config)
+
+
+def _classes_count(config: dict) -> int:
+    return config["data"].get("classes") or 10  # Fashion-MNIST's 10 when not declared; a hint only
+
+
 def steps_for(images: int, config: dict) -> int:
     """The suite's step policy: max(min_steps, ceil(epochs × images / batch size))."""
     policy = config["step_policy"]
     return max(policy["min_steps"], math.ceil(policy["epochs"] * images / config["recipe"]["batch_size"]))
 
 
-def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
+def trained(unit: str, config: dict, device: torch.device, cache_dir: Path) -> tuple[torch.nn.Module, dict, Path]:
+    """(model, training statistics, checkpoint path) of one unit, trained once and kept under the cache folder.
+
+    Under the checkpoint's lock: whoever finds no checkpoint trains and saves it; anyone else wanting it meanwhile
+    (the other process of a split run, the linear-probe suite probing this model, a second run) waits and reads
+    it. Training is deterministic for a unit, so it does not matter who trains first."""
     arch_id, per_class, seed = unit.split(":")
     per_class, seed = int(per_class), int(seed)
     arch = next(a for a in config["architectures"] if a["id"] == arch_id)
-    # nested: the subset drawn with the data seed is a prefix of each class's permutation, so every smaller
-    # subset lies inside every larger one; the seed below varies initialisation and batch order only
-    idx, x, y, (x_test, y_test), train_total = _load(config, per_class)
-    recipe = Recipe(steps=steps_for(len(idx), config), **config["recipe"])
-    torch.manual_seed(seed)
-    model = build_architecture(arch).to(ctx.device)
-    stats = train(model, x.to(ctx.device), y.to(ctx.device), recipe, seed=seed,
-                  desc=f"{arch_id} n={len(idx)} seed={seed}")
+    path = checkpoints.path(cache_dir, "data_scale", [config, unit], device)
+    with cache.lock(path, f"training data-scale run {unit}"):
+        loaded = checkpoints.load_or_none(path, lambda meta: build_architecture(meta["arch"]), device)
+        if loaded is not None and "stats" in loaded[1]:  # (checkpoints of older code hold no statistics: retrained)
+            return loaded[0], loaded[1]["stats"], path
+        # nested: the subset drawn with the data seed is a prefix of each class's permutation, so every smaller
+        # subset lies inside every larger one; the seed below varies initialisation and batch order only
+        idx, x, y, _, _ = _load(config, per_class)
+        recipe = Recipe(steps=steps_for(len(idx), config), **config["recipe"])
+        torch.manual_seed(seed)
+        model = build_architecture(arch).to(device)
+        stats = train(model, x.to(device), y.to(device), recipe, seed=seed, desc=f"{arch_id} n={len(idx)} seed={seed}",
+                      channels_last=arch.get("channels_last", False))
+        checkpoints.save(path, model, {"arch": arch, "unit": unit, "stats": stats})
+    return model, stats, path
+
+
+def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
+    arch_id, per_class, seed = unit.split(":")
+    per_class, seed = int(per_class), int(seed)
+    idx, x, _, (x_test, y_test), train_total = _load(config, per_class)
+    model, stats, path = trained(unit, config, ctx.device, ctx.cache_dir)
     acc = accuracy(model, x_test.to(ctx.device), y_test.to(ctx.device))
-    path = checkpoints.save(checkpoints.path(ctx.cache_dir, "data_scale", [config, unit], ctx.device), model,
-                            {"arch": arch, "unit": unit})
+    steps = steps_for(len(idx), config)
     return [{
-        "architecture": arch_id, "kind": arch["kind"], "train_images": len(idx), "per_class": per_class,
-        "fraction": len(idx) / train_total, "seed": seed, "test_accuracy": acc, "test_images": len(y_test),
-        "params": sum(p.numel() for p in model.parameters()),
+        "architecture": arch_id, "kind": model_kind(config, arch_id), "train_images": len(idx),
+        "per_class": per_class, "fraction": len(idx) / train_total, "seed": seed, "test_accuracy": acc,
+        "test_images": len(y_test), "params": sum(p.numel() for p in model.parameters()),
         "flops_per_image": flops_per_image(model, tuple(x.shape[1:])),
-        "steps": recipe.steps, "epochs": recipe.steps * recipe.batch_size / len(idx), **stats,
+        "steps": steps, "epochs": steps * config["recipe"]["batch_size"] / len(idx), **stats,
         "checkpoint": str(path),
     }]
+
+
+def model_kind(config: dict, arch_id: str) -> str:
+    return next(a["kind"] for a in config["architectures"] if a["id"] == arch_id)
 
 
 def _t975(n: int) -> float:
