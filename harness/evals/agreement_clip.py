@@ -5,6 +5,8 @@ Same tolerances and the same per-block report as the ViT rows (see agreement.py)
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -40,18 +42,42 @@ def _stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _outputs(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Embeddings, logits and loss, each computed the way its own library computes it."""
+    """Embeddings, logits and loss, each computed the way its own library computes it.
+
+    The towers run once: the logits come from each library's own logits function (the reference's forward(),
+    open_clip's get_logits()) with its encode_image/encode_text calls answered from the embeddings just computed,
+    normalised as both libraries normalise them. A second pass would give the same bits and double the cost
+    (bfloat16 and float16 matmuls run ~50x slower than float32 on a CPU without native support)."""
     from open_clip.loss import ClipLoss
 
     image, text = model.encode_image(images), model.encode_text(tokens)
     img_n, txt_n = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-    if hasattr(model, "text"):  # reference: forward() and harness.clip_loss
-        logits = model(images, tokens)[0]
-        loss = clip_loss(img_n, txt_n, model.scale())
-    else:  # open_clip: get_logits() and ClipLoss
-        logits = model.get_logits(images, tokens)[0]
-        loss = ClipLoss()(img_n, txt_n, model.logit_scale.exp())
+    with _encoded(model, {id(images): (image, img_n)}, {id(tokens): (text, txt_n)}):
+        if hasattr(model, "text"):  # reference: forward() and harness.clip_loss
+            logits = model(images, tokens)[0]
+            loss = clip_loss(img_n, txt_n, model.scale())
+        else:  # open_clip: get_logits() and ClipLoss
+            logits = model.get_logits(images, tokens)[0]
+            loss = ClipLoss()(img_n, txt_n, model.logit_scale.exp())
     return {"image_embedding": image, "text_embedding": text, "logits": logits, "loss": loss}
+
+
+@contextlib.contextmanager
+def _encoded(model: nn.Module, images: dict, texts: dict):
+    """model.encode_image/encode_text answered from {id(input): (raw, normalised)} for these very inputs (any other
+    input is an error, not a silent recomputation); the model's own methods are back on exit."""
+    def answer(known: dict, what: str):
+        def encode(x, normalize: bool = False):
+            if id(x) not in known:
+                raise RuntimeError(f"{what} called on an input other than the one just encoded")
+            return known[id(x)][1 if normalize else 0]
+        return encode
+
+    model.encode_image, model.encode_text = answer(images, "encode_image"), answer(texts, "encode_text")
+    try:
+        yield
+    finally:
+        del model.encode_image, model.encode_text  # the instance attributes go; the class's methods show again
 
 
 def model_rows(name: str, weights: str, config: dict, ctx, dtypes: list[str]) -> list[dict]:
