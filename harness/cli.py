@@ -139,9 +139,8 @@ def _main(argv: list[str]) -> int:
         start = time.perf_counter()
         if parallel:  # whole units spread over one-thread processes (torchrun, gloo), the tables written by rank 0
             _run_in_processes([p.suite.NAME for p in group], processes, argv)
-        else:
-            for p in group:
-                runner.run_prepared(p, ctx, args.out)
+        else:  # one after another; under torchrun's unit split, one pool of units (runner.run_pooled)
+            runner.run_pooled(group, ctx, args.out)
         if distributed.is_main():
             print(f"{', '.join(p.suite.NAME for p in group)}: done in {time.perf_counter() - start:.1f} s"
                   + (f" ({processes} one-thread processes)" if parallel else ""), file=sys.stderr)

@@ -88,25 +88,35 @@ def _cached(path: Path) -> list[dict] | None:
         return None
 
 
-def _run_units(evaluator, units: list[str], config: dict, ctx: Context, folder: Path, mode: str,
-               desc: str) -> tuple[list[dict], int]:
-    """Every unit's rows in unit order (on rank 0; see harness.distributed for the parallel modes), and how many
-    came from the cache. Each unit runs under its cache entry's lock: a second run sharing the cache waits for a
-    unit the first is computing, then reads it. In "units" mode with a cache, the ranks claim units as they go
-    (a rank skips a unit another holds), so long and short units balance over the ranks."""
+@dataclass(frozen=True)
+class Job:
+    """One unit of one suite, and where its finished rows are kept."""
+
+    evaluator: ModuleType
+    config: dict
+    unit: str
+    folder: Path
+
+
+def _run_units(jobs: list[Job], ctx: Context, mode: str, desc: str) -> tuple[dict[int, list[dict]], set[int]]:
+    """Every job's rows by job index (on rank 0; see harness.distributed for the parallel modes), and the indices
+    that came from the cache. Each unit runs under its cache entry's lock: a second run sharing the cache waits for
+    a unit the first is computing, then reads it. In "units" mode with a cache, the ranks claim units as they go (a
+    rank skips a unit another holds), so long and short units balance over the ranks."""
     rank, world = distributed.rank(), distributed.world_size()
     claim = mode == "units" and ctx.use_cache
-    mine = [i for i in range(len(units)) if mode != "units" or claim or i % world == rank]
+    mine = [i for i in range(len(jobs)) if mode != "units" or claim or i % world == rank]
     by_unit: dict[int, list[dict]] = {}
     reused: set[int] = set()
     bar = tqdm(mine, desc=desc + (f" rank {rank}/{world}" if world > 1 else ""), unit="unit", dynamic_ncols=True,
                disable=mode == "data" and rank != 0)
     for i in bar:
-        unit = units[i]
-        bar.set_postfix_str(unit)
-        path = _unit_file(folder, unit)
+        job = jobs[i]
+        bar.set_postfix_str(job.unit)
+        path = _unit_file(job.folder, job.unit)
         decides = ctx.use_cache and (rank == 0 or mode != "data")  # in data mode rank 0's cache decides
-        with cache.lock(path, f"unit {unit!r}", wait=not claim) if decides else contextlib.nullcontext(True) as held:
+        locked = cache.lock(path, f"unit {job.unit!r}", wait=not claim) if decides else contextlib.nullcontext(True)
+        with locked as held:
             if not held:
                 continue  # another rank (or another run) is computing it
             cached = _cached(path) if decides else None
@@ -117,23 +127,24 @@ def _run_units(evaluator, units: list[str], config: dict, ctx: Context, folder: 
                 continue
             if mode == "data":
                 with distributed.data_parallel():
-                    by_unit[i] = _run_one(evaluator, unit, config, ctx, path, write=rank == 0)
+                    by_unit[i] = _run_one(job.evaluator, job.unit, job.config, ctx, path, write=rank == 0)
             else:
-                by_unit[i] = _run_one(evaluator, unit, config, ctx, path, write=True)
+                by_unit[i] = _run_one(job.evaluator, job.unit, job.config, ctx, path, write=True)
     if mode == "units":  # rank 0 collects every rank's units
         gathered = distributed.all_gather((by_unit, reused))
         computed = {i for part, r in gathered for i in part if i not in r}
         reused = {i for _, r in gathered for i in r} - computed
         by_unit = {i: rows for part, _ in gathered for i, rows in part.items()}
-        for i in sorted(set(range(len(units))) - set(by_unit)):  # held by another run meanwhile: wait, then read
-            path = _unit_file(folder, units[i])
-            with cache.lock(path, f"unit {units[i]!r}"):
+        for i in sorted(set(range(len(jobs))) - set(by_unit)):  # held by another run meanwhile: wait, then read
+            job = jobs[i]
+            path = _unit_file(job.folder, job.unit)
+            with cache.lock(path, f"unit {job.unit!r}"):
                 rows = _cached(path)
-                by_unit[i] = rows if rows is not None else _run_one(evaluator, units[i], config, ctx, path, True)
+                by_unit[i] = rows if rows is not None else _run_one(job.evaluator, job.unit, job.config, ctx, path,
+                                                                    True)
                 if rows is not None:
                     reused.add(i)
-    rows = [row for i in sorted(by_unit) for row in by_unit[i]]
-    return rows, len(reused)
+    return by_unit, reused
 
 
 @dataclass
@@ -171,24 +182,68 @@ def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: 
     return run_prepared(prepare(name, profile, ctx, assignments, suites_dir), ctx, out_dir)
 
 
-def run_prepared(prepared: Prepared, ctx: Context, out_dir: Path) -> list[Path]:
-    suite, profile, config, evaluator = prepared.suite, prepared.profile, prepared.config, prepared.evaluator
+def _jobs(prepared: Prepared, ctx: Context) -> list[Job]:
+    """The suite's units, each with the cache folder of finished units: keyed by the suite, its version and config,
+    the seed, the code it runs (the evaluator and every harness module it imports) and the device."""
+    suite, config, evaluator = prepared.suite, prepared.config, prepared.evaluator
     code = results.code_hash(evaluator.__name__)
     if not evaluator.__name__.startswith("harness."):  # a user's evaluator: its own source counts too
         code += results.stable_hash(Path(evaluator.__file__).read_text())
     key = results.stable_hash({"suite": suite.NAME, "version": suite.VERSION, "config": config, "seed": ctx.seed,
                                "code": code, "device": results.device_name(ctx.device)})
     folder = ctx.cache_dir / "units" / suite.NAME / key
-    units = evaluator.units(config, ctx)
+    return [Job(evaluator, config, unit, folder) for unit in evaluator.units(config, ctx)]
+
+
+def _mode(prepared: Prepared, ctx: Context) -> str:
+    parallel = getattr(prepared.evaluator, "PARALLEL", "units") if ctx.split == "auto" else ctx.split
+    return parallel if distributed.world_size() > 1 else "single"
+
+
+def run_prepared(prepared: Prepared, ctx: Context, out_dir: Path) -> list[Path]:
+    jobs = _jobs(prepared, ctx)
     start = time.perf_counter()
-    parallel = getattr(evaluator, "PARALLEL", "units") if ctx.split == "auto" else ctx.split
-    mode = parallel if distributed.world_size() > 1 else "single"
-    rows, done = _run_units(evaluator, units, config, ctx, folder, mode, f"{suite.NAME} [{profile}]")
+    by_unit, reused = _run_units(jobs, ctx, _mode(prepared, ctx), f"{prepared.suite.NAME} [{prepared.profile}]")
+    rows = [row for i in sorted(by_unit) for row in by_unit[i]]
+    return _write(prepared, ctx, out_dir, rows, len(reused), len(jobs), jobs[0].folder if jobs else None,
+                  time.perf_counter() - start)
+
+
+def run_pooled(group: list[Prepared], ctx: Context, out_dir: Path) -> list[Path]:
+    """Several suites. Under torchrun in the "units" split with a cache: as one pool of units, every rank claiming
+    the next free unit of any suite, the longest first (the evaluators' optional unit_cost(unit, config) hint, in
+    seconds on one CPU core; only the order depends on it), so no rank idles at a suite's end while another
+    finishes its last unit. What one suite makes and another reads (a data-scale checkpoint the linear probe
+    probes, the zero-shot CLIP its evaluation uses) is met under that cache entry's lock, trained by whoever comes
+    first. Rank 0 writes every suite's tables once all units are done. Otherwise: the suites one after another."""
+    if len(group) < 2 or distributed.world_size() < 2 or not ctx.use_cache or any(
+            _mode(p, ctx) != "units" for p in group):
+        return [path for p in group for path in run_prepared(p, ctx, out_dir)]
+    per_suite = [_jobs(p, ctx) for p in group]
+    jobs = [(s, j) for s, suite_jobs in enumerate(per_suite) for j in suite_jobs]
+    cost = [getattr(j.evaluator, "unit_cost", lambda unit, config: 0.0)(j.unit, j.config) for _, j in jobs]
+    order = sorted(range(len(jobs)), key=lambda k: -cost[k])  # stable: equal costs keep suite and unit order
+    start = time.perf_counter()
+    by_unit, reused = _run_units([jobs[k][1] for k in order], ctx, "units",
+                                 ", ".join(p.suite.NAME for p in group) + f" [{group[0].profile}]")
     elapsed = time.perf_counter() - start
+    written = []
+    for s, (prepared, suite_jobs) in enumerate(zip(group, per_suite)):
+        mine = sorted((k, pos) for pos, k in enumerate(order) if jobs[k][0] == s)  # this suite's jobs in unit order
+        rows = [row for _, pos in mine for row in by_unit.get(pos, [])]
+        written += _write(prepared, ctx, out_dir, rows, sum(pos in reused for _, pos in mine), len(suite_jobs),
+                          suite_jobs[0].folder if suite_jobs else None, elapsed)
+    return written
+
+
+def _write(prepared: Prepared, ctx: Context, out_dir: Path, rows: list[dict], done: int, total: int,
+           folder: Path | None, elapsed: float) -> list[Path]:
+    """Rank 0 writes the suite's tables (the other ranks of a process group write nothing)."""
+    suite, profile, config, evaluator = prepared.suite, prepared.profile, prepared.config, prepared.evaluator
     if not distributed.is_main():
         return []  # rank 0 writes the tables
     if done:
-        print(f"{suite.NAME}: reused {done} of {len(units)} finished units from {folder}")
+        print(f"{suite.NAME}: reused {done} of {total} finished units from {folder}")
 
     prov = results.provenance(config, ctx.device, ctx.seed)
     prov.update(suite=suite.NAME, suite_version=suite.VERSION, profile=profile)

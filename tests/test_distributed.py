@@ -181,3 +181,31 @@ def test_processes_split_units_and_write_the_same_table(tmp_path):
     pd.testing.assert_frame_equal(one[keys], two[keys])
     np.testing.assert_allclose(two["rel_err"].to_numpy(float), one["rel_err"].to_numpy(float), rtol=0, atol=1e-6)
     assert (two["result"] == one["result"]).all() and two["device"].str.contains("1 threads").all()
+
+
+def test_processes_pool_the_units_of_several_suites(tmp_path):
+    """`run A B --processes 2`: one pool of units over both suites (a process free after its last agreement unit
+    takes a zero-shot one), the zero-shot CLIP trained once under its lock and read by the evaluation on whichever
+    process; each table equals one process's run at the same thread count, cell for cell."""
+    suites = _suite_dir(tmp_path, "tiny_agreement", TINY_SUITE)
+    _suite_dir(tmp_path, "tiny_zero_shot", TINY_ZERO_SHOT.format(repo=str(REPO_ROOT)))
+    common = ["-m", "harness", "run", "tiny_agreement", "tiny_zero_shot", "--device", "cpu", "--suites-dir",
+              str(suites)]
+    # the ranks take os.cpu_count() // 2 threads each (harness.distributed): the single process gets as many, so
+    # both compute with the same kernels and blockings and their numbers are equal, not only close
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")],
+                         capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": threads}, cwd=REPO_ROOT,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2"),
+                          "--processes", "2"], capture_output=True, text=True, env=ENV, cwd=REPO_ROOT, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "tiny_agreement, tiny_zero_shot: done in" in two.stderr  # one pool, not one suite after the other
+    assert len(list((tmp_path / "c2" / "checkpoints" / "zero_shot").rglob("*.safetensors"))) == 1  # trained once
+    timing = ("unit_seconds", "seconds", "train_seconds", "extract_seconds", "probe_seconds", "sklearn_seconds",
+              "time_utc", "device", "git_sha")
+    for table in ("agreement", "agreement_blocks", "agreement_attention", "zero_shot"):
+        a, b = pd.read_csv(tmp_path / "one" / f"{table}.csv"), pd.read_csv(tmp_path / "two" / f"{table}.csv")
+        keep = [c for c in a if c not in timing]
+        pd.testing.assert_frame_equal(a[keep], b[keep], check_exact=True)

@@ -39,6 +39,13 @@ from ..suite import Context, Table
 
 CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are faster (run --processes)
 
+
+def unit_cost(unit: str, config: dict) -> float:
+    """A rough cost in seconds on one CPU core, for ordering units only (the runner starts long ones first): the
+    CLIP units (both towers, low precision on a CPU) ~60 s, a ViT ~20 s, the rest a few seconds."""
+    kind = unit.partition(":")[0]
+    return {"clip": 60.0, "clip_gradients": 30.0, "model": 20.0, "attention": 30.0}.get(kind, 5.0)
+
 def units(config: dict, ctx: Context) -> list[str]:
     out = ["attention"] if config.get("attention") else []
     out += [f"model:{m}" for m in config["models"]]

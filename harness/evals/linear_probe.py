@@ -23,6 +23,13 @@ PARALLEL = "data"  # under torchrun every rank extracts a shard of each model's 
 CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are faster (run --processes)
 
 
+def unit_cost(unit: str, config: dict) -> float:
+    """A rough cost in seconds on one CPU core, for ordering units only (the runner starts long ones first): ~100 s
+    per encoder of the default profile (extraction and probe), ~10 s for the data-scale models' small features."""
+    spec = next((m for m in config["models"] if unit == f"probe:{m['id']}"), {})
+    return 10.0 if spec.get("library") == "data_scale" else 100.0 * (1 + bool(spec.get("with_reference")))
+
+
 def validate(config: dict, ctx: Context) -> None:
     d = config["data"]
     for name in config.get("datasets") or []:

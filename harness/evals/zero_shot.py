@@ -42,6 +42,16 @@ def validate(config: dict, ctx: Context) -> None:
     check_specs(config["models"])
 
 
+CPU_PROCESSES = True  # on a CPU: its CLIP training runs as one unit beside the other suites' (run --processes)
+
+
+def unit_cost(unit: str, config: dict) -> float:
+    """A rough cost in seconds on one CPU core, for ordering units only (the runner starts long ones first): the
+    CLIP's training steps at ~0.25 s each (measured 0.25 s on one core for the default profile's); evaluations
+    last, after the training they read."""
+    return 0.25 * config["train"]["recipe"]["steps"] if unit.startswith("train:") and config.get("train") else 0.0
+
+
 def units(config: dict, ctx: Context) -> list[str]:
     out = [f"train:{config['train']['id']}", f"eval:{config['train']['id']}"] if config.get("train") else []
     return out + [f"eval:{m['id']}" for m in config["models"]]
