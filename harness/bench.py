@@ -389,6 +389,7 @@ def bench_pipeline(device: torch.device, dtype: torch.dtype, quick: bool = False
 
 # ----------------------------------------------------------------------------------------------- cold eval
 BASELINE = "8f44717"  # the commit whose results/ tables time the suites before this part existed
+PREVIOUS = "9f60e68"  # the commit whose results/bench_eval.csv holds the previous cold eval measured by this code
 
 
 def _stages(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, float]]:
@@ -426,13 +427,14 @@ def _stages(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, float]]:
     return out
 
 
-def _tables_at(sha: str) -> dict[str, pd.DataFrame]:
+def _tables_at(sha: str, names: tuple[str, ...] = ("agreement", "agreement_attention", "agreement_clip_loss",
+                                                  "data_scale_runs", "linear_probe", "zero_shot")
+               ) -> dict[str, pd.DataFrame]:
     import io
     import subprocess
 
     out = {}
-    for name in ("agreement", "agreement_attention", "agreement_clip_loss", "data_scale_runs", "linear_probe",
-                 "zero_shot"):
+    for name in names:
         proc = subprocess.run(["git", "show", f"{sha}:results/{name}.csv"], cwd=results.REPO_ROOT,
                               capture_output=True, text=True)
         if proc.returncode == 0:
@@ -467,6 +469,8 @@ def bench_eval(out: Path, processes: str = "auto") -> pd.DataFrame:
                                                                  "agreement_clip_loss", "data_scale_runs",
                                                                  "linear_probe", "zero_shot")}
     before = {(s, st): sec for s, st, sec in _stages(_tables_at(BASELINE))}
+    previous = _tables_at(PREVIOUS, ("bench_eval",)).get("bench_eval", pd.DataFrame(columns=["suite", "stage"]))
+    previous = {(r.suite, r.stage): r.seconds_after for r in previous.itertuples()}
     rows = [{"suite": "all suites", "stage": "wall clock, cold (process start to last table)", "seconds_after": total,
              "processes": processes}]
     rows += [{"suite": name, "stage": "wall clock", "seconds_after": sec} for name, sec in walls.items()]
@@ -474,6 +478,10 @@ def bench_eval(out: Path, processes: str = "auto") -> pd.DataFrame:
              for s, st, sec in _stages(after)]
     rows += [{"suite": s, "stage": st, "seconds_before": sec} for (s, st), sec in before.items()
              if not any(r.get("suite") == s and r.get("stage") == st for r in rows)]
+    rows += [{"suite": s, "stage": st} for (s, st) in previous
+             if not any(r.get("suite") == s and r.get("stage") == st for r in rows)]
+    for r in rows:
+        r["seconds_previous"] = previous.get((r["suite"], r["stage"]))
     return pd.DataFrame(rows)
 
 
@@ -531,16 +539,18 @@ def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bo
         df = bench_eval(out).assign(**prov)
         written += results.write_table(
             df, out, "bench_eval", "A cold default eval, by suite and by stage (CPU)",
-            ["suite", "stage", "seconds_before", "seconds_after", "processes"],
+            ["suite", "stage", "seconds_before", "seconds_previous", "seconds_after", "processes"],
             "`seconds_after`: this run — `python -m harness run --processes auto` (what `nox -s eval` runs) in a fresh "
             "cache, every suite's default profile, its tables the published ones beside this file; wall clock per "
-            "suite (the suites that split into units run together as one-thread processes, so their wall clock is "
-            "shared) and, inside each suite, the seconds "
-            "its tables record (with two processes, stage seconds add up to more than the wall clock). "
+            "suite (the suites that split into units run together as one-thread processes claiming units from one "
+            "pool, so their wall clock is shared) and, inside each suite, the seconds its tables record (with two "
+            "processes, stage seconds add up to more than the wall clock). "
             f"`seconds_before`: the same stages read from the tables at commit {BASELINE} (results/ before this "
             "part existed, one two-thread process); a cold `nox -s eval` of that commit on a fresh clone took 29 "
             "minutes (agreement 282 s, data_scale 708 s, linear_probe 519 s, zero_shot 204 s; measured for issue 18, "
-            "not by this code).")
+            f"not by this code). `seconds_previous`: the previous cold run of this bench (results/bench_eval.csv at "
+            f"{PREVIOUS}: two one-thread processes, the agreement, data-scale and linear-probe suites in one "
+            "torchrun, suite after suite, then zero_shot alone).")
         index["bench_eval"] = "a cold default eval timed by suite and stage, before and after"
     if "probe" in parts:
         df = bench_probe(device).assign(**prov)
