@@ -7,6 +7,10 @@ get_config(profile) -> dict. An evaluator module provides
     run_unit(unit, config, ctx) -> list[dict]    flat rows
     tables(rows, config) -> list[Table]          pandas tables built from all the rows
 
+and optionally validate(config, ctx) (checks before any work), unit_cost(unit, config) (a rough cost in
+seconds, used only to start long units first when several processes share one pool of units: run_pooled),
+PARALLEL ("units" or "data", how torchrun splits it) and CPU_PROCESSES (split into one-thread processes on a CPU).
+
 Finished units are saved at once (atomically) under the cache folder, keyed by the suite's config,
 version, the source of the evaluator and of every harness module it imports, and the device: an
 interrupted run resumes where it stopped, a rerun with nothing changed recomputes nothing, and a change to
