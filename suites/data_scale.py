@@ -37,7 +37,7 @@ FULL = {
         {"id": "vit_reference", "kind": "reference_vit",
          "kwargs": dict(image_size=64, patch_size=8, in_chans=3, num_classes=100, width=384, depth=6, mlp_dim=1536,
                         heads=6, fused_attn=True)},
-        {"id": "resnet_small", "kind": "resnet", "channels_last": True,
+        {"id": "resnet_small", "kind": "resnet",
          "kwargs": {"in_chans": 3, "num_classes": 100, "widths": [64, 128, 256], "blocks_per_stage": 2}},
         {"id": "vit_timm", "kind": "timm_vit", "sizes": [260],
          "kwargs": {"img_size": 64, "patch_size": 8, "in_chans": 3, "num_classes": 100, "embed_dim": 384,
@@ -69,7 +69,7 @@ def get_config(profile: str) -> dict:
             # tokens) costs 3.5× more and does not fit the 15-minute CPU budget with 33 runs.
             {"id": "vit_reference", "kind": "reference_vit", "kwargs": {**VIT, "fused_attn": True}},
             # a CIFAR-style ResNet of the same compute (~4.7 MFLOPs per image; it has fewer parameters)
-            {"id": "resnet_small", "kind": "resnet", "channels_last": True,  # the same model, faster CPU convolutions
+            {"id": "resnet_small", "kind": "resnet",
              "kwargs": {"in_chans": 1, "num_classes": 10, "widths": [8, 16, 32], "blocks_per_stage": 1}},
             # the hybrid: the ResNet stem's feature map as the patches, then the reference ViT encoder
             {"id": "hybrid_reference", "kind": "reference_hybrid", "kwargs": {**HYBRID, "fused_attn": True}},

@@ -139,8 +139,7 @@ def trained(unit: str, config: dict, device: torch.device, cache_dir: Path) -> t
         recipe = Recipe(steps=steps_for(len(idx), config), **config["recipe"])
         torch.manual_seed(seed)
         model = build_architecture(arch).to(device)
-        stats = train(model, x.to(device), y.to(device), recipe, seed=seed, desc=f"{arch_id} n={len(idx)} seed={seed}",
-                      channels_last=arch.get("channels_last", False))
+        stats = train(model, x.to(device), y.to(device), recipe, seed=seed, desc=f"{arch_id} n={len(idx)} seed={seed}")
         checkpoints.save(path, model, {"arch": arch, "unit": unit, "stats": stats})
     return model, stats, path
 
