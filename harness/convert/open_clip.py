@@ -161,10 +161,11 @@ def config_from_open_clip(model: nn.Module) -> CLIPConfig:
     return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text)
 
 
-def from_open_clip(model: nn.Module) -> CLIP:
-    """A reference CLIP carrying an open_clip CLIP's weights, on its device and dtype, in eval mode."""
+def from_open_clip(model: nn.Module, copy: bool = True) -> CLIP:
+    """A reference CLIP carrying an open_clip CLIP's weights, on its device and dtype, in eval mode (copy=False:
+    sharing the library's memory where it can, see harness.convert.timm.materialize)."""
     config = config_from_open_clip(model)
-    return materialize(CLIP, config, convert_state_dict(model.state_dict(), config))
+    return materialize(CLIP, config, convert_state_dict(model.state_dict(), config), copy)
 
 
 

@@ -215,16 +215,20 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: ViTConfig) -
     return out
 
 
-def from_timm(model: nn.Module) -> ViT:
-    """A reference ViT carrying a timm VisionTransformer's weights, on its device and dtype, in eval mode."""
+def from_timm(model: nn.Module, copy: bool = True) -> ViT:
+    """A reference ViT carrying a timm VisionTransformer's weights, on its device and dtype, in eval mode
+    (copy=False: sharing the library's memory where it can, see materialize)."""
     config = config_from_timm(model)
-    return materialize(ViT, config, convert_state_dict(model.state_dict(), config))
+    return materialize(ViT, config, convert_state_dict(model.state_dict(), config), copy)
 
 
-def materialize(cls, config, weights: dict[str, torch.Tensor]) -> nn.Module:
+def materialize(cls, config, weights: dict[str, torch.Tensor], copy: bool = True) -> nn.Module:
     """cls(config) built without initialising, carrying copies of `weights` (device and dtype as given), in eval
-    mode; copies, so that training one model never changes the other."""
+    mode; copies, so that training one model never changes the other. copy=False, for comparisons that only run
+    the two models: a contiguous weight is shared, not copied (a ViT-L in float64 is 2.4 GB), and the others are
+    copied as before, so the reference computes with the same values in the same memory layout either way."""
     with torch.device("meta"):
         model = cls(config)
-    model.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, strict=True, assign=True)
+    model.load_state_dict({k: v.detach() if not copy and v.is_contiguous() else v.detach().clone()
+                           for k, v in weights.items()}, strict=True, assign=True)
     return model.eval()
