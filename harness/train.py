@@ -53,22 +53,26 @@ def lr_at(step: int, recipe: Recipe) -> float:
 
 
 def augment(x: torch.Tensor, recipe: Recipe, g: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding) and horizontal flip, drawn per image from the generator."""
+    """Random crop (zero padding) and horizontal flip, drawn per image from the generator: the crop's offsets
+    (rows, then columns), then the flips. Two gathers of the padded batch, the flip folded into the column index
+    (the same images as indexing the padded batch and flipping the crop, in half the time)."""
     B, C, H, W = x.shape
-    if recipe.pad:
-        p = recipe.pad
-        padded = F.pad(x, (p, p, p, p))
+    p = recipe.pad
+    if p:
         dy = torch.randint(0, 2 * p + 1, (B,), generator=g)
         dx = torch.randint(0, 2 * p + 1, (B,), generator=g)
-        rows = (dy[:, None] + torch.arange(H)[None]).to(x.device)  # (B, H)
-        cols = (dx[:, None] + torch.arange(W)[None]).to(x.device)  # (B, W)
-        b = torch.arange(B, device=x.device)[:, None, None, None]
-        c = torch.arange(C, device=x.device)[None, :, None, None]
-        x = padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W) shifted crops
-    if recipe.flip:
-        flip = (torch.rand(B, generator=g) < 0.5).to(x.device)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
+    flip = torch.rand(B, generator=g) < 0.5 if recipe.flip else None
+    if not p and flip is None:
+        return x
+    cols = torch.arange(W).expand(B, W)  # (B, W): which column of the crop each output column reads
+    if flip is not None:
+        cols = torch.where(flip[:, None], W - 1 - cols, cols)
+    if p:
+        x = F.pad(x, (p, p, p, p))
+        rows = (dy[:, None] + torch.arange(H)).to(x.device)  # (B, H)
+        x = x.gather(2, rows[:, None, :, None].expand(B, C, H, x.shape[3]))  # (B, C, H, W + 2p): rows cropped
+        cols = cols + dx[:, None]
+    return x.gather(3, cols.to(x.device)[:, None, None, :].expand(B, C, H, W))  # (B, C, H, W)
 
 
 def adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
