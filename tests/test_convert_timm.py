@@ -115,3 +115,17 @@ def test_pretrained_without_cache_says_how_to_fix():
         load_timm("vit_tiny_patch16_224", "pretrained")
     with pytest.raises(FileNotFoundError, match="neither"):
         load_timm("vit_tiny_patch16_224", "/no/such/file.pth")
+
+
+def test_reference_can_share_the_library_weights():
+    """from_timm(model, copy=False), for comparisons that only run both models: each (contiguous) weight is the
+    library's own memory, and the reference computes exactly what the copying conversion computes (same values,
+    same layouts, same operations: equal bit for bit). The default copies: no memory shared."""
+    model = timm.create_model("vit_tiny_patch16_224", **SMALL).double().eval()
+    lib_ptrs = {t.data_ptr() for t in model.state_dict().values()}
+    shared, copied = harness.from_timm(model, copy=False), harness.from_timm(model)
+    assert {p.data_ptr() for p in shared.parameters()} <= lib_ptrs
+    assert not {p.data_ptr() for p in copied.parameters()} & lib_ptrs
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(shared(x), copied(x))

@@ -134,3 +134,25 @@ def test_float32_gradients_are_judged_against_float64():
     r = rows[0]
     assert r["passed"] and r["rule"] == harness.numerics.TRUTH_RULE and r["params_failing"] == 0
     assert r["ref_err_vs_fp64"] < 1e-5 and r["lib_err_vs_fp64"] < 1e-5
+
+
+@pytest.mark.parametrize("make", [lambda: timm.create_model("vit_tiny_r_s16_p8_224", img_size=64, depth=2),
+                                  lambda: small_open_clip("ViT-S-32")], ids=["timm_hybrid", "open_clip"])
+def test_cast_is_a_copy_converted_like_to(make):
+    """cast(model, dtype) converts each tensor straight into dtype: the same values, dtypes, memory layouts,
+    parameter types and names as deepcopy(model).to(dtype), sharing no memory with the master (float64 too)."""
+    import copy
+
+    from harness.numerics import cast
+
+    master = make().double().eval()
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        plain, ours = copy.deepcopy(master).to(dtype), cast(master, dtype)
+        a, b = plain.state_dict(), ours.state_dict()
+        assert list(a) == list(b)
+        for k in a:
+            assert a[k].dtype == b[k].dtype and a[k].stride() == b[k].stride() and torch.equal(a[k], b[k]), k
+        assert [(n, type(p), p.requires_grad) for n, p in plain.named_parameters()] == \
+               [(n, type(p), p.requires_grad) for n, p in ours.named_parameters()]
+        master_ptrs = {t.data_ptr() for t in master.state_dict().values()}
+        assert not master_ptrs & {t.data_ptr() for t in b.values()}

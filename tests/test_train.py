@@ -47,3 +47,35 @@ def test_adamw_helper_is_torch_adamw():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def _augment_by_indexing(x: torch.Tensor, recipe, g: torch.Generator) -> torch.Tensor:
+    """The augmentation written out plainly (train.augment before it became two gathers): pad, take each image's
+    crop by advanced indexing, then flip the chosen crops."""
+    B, C, H, W = x.shape
+    if recipe.pad:
+        p = recipe.pad
+        padded = F.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (B,), generator=g)
+        dx = torch.randint(0, 2 * p + 1, (B,), generator=g)
+        rows, cols = dy[:, None] + torch.arange(H)[None], dx[:, None] + torch.arange(W)[None]
+        b, c = torch.arange(B)[:, None, None, None], torch.arange(C)[None, :, None, None]
+        x = padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+    if recipe.flip:
+        flip = torch.rand(B, generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def test_augment_gives_the_crops_and_flips_it_draws():
+    """augment() equals the plain pad-index-flip formulation exactly (it only moves pixels), for every combination
+    of crop and flip, and leaves the generator where that formulation does (the batches after it are the same)."""
+    from harness.train import Recipe, augment
+
+    for shape in [(128, 1, 28, 28), (16, 3, 28, 28), (5, 2, 9, 7)]:
+        x = torch.randn(*shape)
+        for recipe in [Recipe(), Recipe(pad=0), Recipe(flip=False), Recipe(pad=0, flip=False), Recipe(pad=4)]:
+            g, h = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+            for _ in range(3):
+                assert torch.equal(augment(x, recipe, g), _augment_by_indexing(x, recipe, h)), (shape, recipe)
+            assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=h))
