@@ -127,7 +127,7 @@ def trained(unit: str, config: dict, device: torch.device, cache_dir: Path) -> t
     it. Training is deterministic for a unit, so it does not matter who trains first."""
     arch_id, per_class, seed = unit.split(":")
     per_class, seed = int(per_class), int(seed)
-    arch = next(a for a in config["architectures"] if a["id"] == arch_id)
+    arch = architecture(config, arch_id)
     path = checkpoints.path(cache_dir, "data_scale", [config, unit], device)
     with cache.lock(path, f"training data-scale run {unit}"):
         loaded = checkpoints.load_or_none(path, lambda meta: build_architecture(meta["arch"]), device)
@@ -152,7 +152,7 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     acc = accuracy(model, x_test.to(ctx.device), y_test.to(ctx.device))
     steps = steps_for(len(idx), config)
     return [{
-        "architecture": arch_id, "kind": model_kind(config, arch_id), "train_images": len(idx),
+        "architecture": arch_id, "kind": architecture(config, arch_id)["kind"], "train_images": len(idx),
         "per_class": per_class, "fraction": len(idx) / train_total, "seed": seed, "test_accuracy": acc,
         "test_images": len(y_test), "params": sum(p.numel() for p in model.parameters()),
         "flops_per_image": flops_per_image(model, tuple(x.shape[1:])),
@@ -161,8 +161,9 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     }]
 
 
-def model_kind(config: dict, arch_id: str) -> str:
-    return next(a["kind"] for a in config["architectures"] if a["id"] == arch_id)
+def architecture(config: dict, arch_id: str) -> dict:
+    """The declared architecture with this id."""
+    return next(a for a in config["architectures"] if a["id"] == arch_id)
 
 
 def _t975(n: int) -> float:
