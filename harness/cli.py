@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    memory.keep_freed_memory()  # freed memory stays in the process: measured 10-15% faster on this project's VMs
+    memory.keep_freed_memory()  # freed memory stays in the process (fresh pages are costly on these VMs)
     if argv[:1] == ["bench"]:
         from . import bench
 

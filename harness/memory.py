@@ -30,13 +30,13 @@ TOP_PAD = 64 << 20  # extra bytes asked of the kernel each time the heap grows
 
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory (see the module docstring); True when the settings were applied."""
-    if os.environ.get("VITCLIP_KEEP_FREED_MEMORY", "1") == "0" or not os.uname().sysname == "Linux":
+    if os.environ.get("VITCLIP_KEEP_FREED_MEMORY", "1") == "0" or os.uname().sysname != "Linux":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version.restype = ctypes.c_char_p  # absent in musl and other C libraries
-        libc.gnu_get_libc_version()
-    except (OSError, AttributeError):
+    except OSError:
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # only glibc has it: musl's and others' malloc take no mallopt
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return all(libc.mallopt(param, value) == 1 for param, value in
