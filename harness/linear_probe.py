@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -84,7 +83,9 @@ def fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, strength: float, max
     @torch.no_grad()
     def closure():
         # The gradient written out (autograd's xᵀ·R is several times slower on CPU BLAS), block by block of
-        # rows so that each block of x stays in cache between its two products.
+        # rows so that each block of x stays in cache between its two products, classes-major: the logits as
+        # Wᵀ·x_bᵀ (C, n) and the gradient as R·x_b, products MKL runs 2-3x faster than x_b·W and Rᵀ·x_b when C is
+        # small (measured on 2 AMD EPYC cores: 0.34 vs 0.80 ms for 1,024 × 512 features and 10 classes).
         Wt = Vt if P is None else Vt @ P
         loss = strength / 2 * Wt.square().sum()
         gWt, gb = strength * Wt, torch.zeros_like(b)
@@ -92,13 +93,14 @@ def fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, strength: float, max
             xb = xc[start: start + BLOCK_ROWS]
             xb = xb if converted else xb.to(dtype)
             yb = y[start: start + BLOCK_ROWS]
-            logits = torch.addmm(b, xb, Wt.T)  # (n, C)
-            loss = loss + F.cross_entropy(logits, yb, reduction="sum") / N
-            R = logits.softmax(dim=1)  # d mean-CE / d logits = (softmax - onehot) / N
-            R[torch.arange(len(yb), device=R.device), yb] -= 1
+            logp = torch.addmm(b[:, None], Wt, xb.T).log_softmax(dim=0)  # (C, n): log-probabilities
+            rows = torch.arange(len(yb), device=logp.device)
+            loss = loss - logp[yb, rows].sum() / N
+            R = logp.exp_()  # d mean-CE / d logits = (softmax - onehot) / N
+            R[yb, rows] -= 1
             R /= N
-            gWt.addmm_(R.T, xb)
-            gb += R.sum(0)
+            gWt.addmm_(R, xb)
+            gb += R.sum(1)
         Vt.grad, b.grad = (gWt if P is None else gWt @ P), gb
         return loss
 
