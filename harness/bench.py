@@ -389,7 +389,7 @@ def bench_pipeline(device: torch.device, dtype: torch.dtype, quick: bool = False
 
 # ----------------------------------------------------------------------------------------------- cold eval
 BASELINE = "8f44717"  # the commit whose results/ tables time the suites before this part existed
-PREVIOUS = "3479332"  # the commit whose results/bench_eval.csv holds the previous cold eval measured by this code
+PREVIOUS = "1ce20d6"  # the commit whose results/bench_eval.csv holds the previous cold eval measured by this code
 
 
 def _stages(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, float]]:
@@ -549,9 +549,8 @@ def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bo
             "part existed, one two-thread process); a cold `nox -s eval` of that commit on a fresh clone took 29 "
             "minutes (agreement 282 s, data_scale 708 s, linear_probe 519 s, zero_shot 204 s; measured for issue 18, "
             f"not by this code). `seconds_previous`: the previous cold run of this bench (results/bench_eval.csv at "
-            f"{PREVIOUS}, the code of ac8fa69: the same pool of units, before glibc was asked to keep freed memory "
-            "(harness.memory), the agreement suite stopped copying models and the training augmentation became two "
-            "gathers).")
+            f"{PREVIOUS}, the code of 14aa730: the same pool of units, before the linear probe's products became "
+            "classes-major).")
         index["bench_eval"] = "a cold default eval timed by suite and stage, before and after"
     if "probe" in parts:
         df = bench_probe(device).assign(**prov)
