@@ -88,9 +88,11 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: 
           desc: str = "train") -> dict:
     """Train on (images, labels) held in memory (N, C, H, W) for recipe.steps steps. Returns loss and time.
 
-    Not channels_last on a CPU: with torch 2.14.1 it trains the data-scale ResNet 1.5x faster but with wrong
-    gradients (0.3-1.4% from float64's, where the usual layout is within 1e-5; tests/test_train.py), and it corrupts
-    the heap with 4-channel convolutions on one thread."""
+    Not channels_last on a CPU: with torch 2.14.1 it trains the data-scale ResNet 1.2-1.5x faster, but oneDNN
+    corrupted the heap with 4-channel convolutions in that layout on one thread, and its BatchNorm is 10-70x less
+    accurate there (4e-7 to 3e-6 relative, 4e-8 in the usual layout): enough to flip a ReLU unit sitting at zero,
+    which moves the gradients 0.3-1.4% from float64's (the usual layout: within 1e-5; tests/test_train.py). Its
+    convolutions are as accurate as the usual layout's."""
     g = torch.Generator().manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n and "cls_token" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n
