@@ -13,11 +13,18 @@ Rules (relative error ‖a − b‖ / ‖b‖, computed in float64):
              the truth does not fail a reference that lands within 1 u);
            - the factor 2 is widened by w(n) = sqrt(F⁻¹(0.999; n, n)), the 99.9% quantile of the ratio of two
              error norms drawn independently with the same spread over n elements: 1.01 for 100,000 elements
-             (a block's output), 1.37 for 100, 3.2 for a 3×3 logits matrix and 637 for a scalar. Two equally
-             accurate implementations then fail a row with probability 0.1% whatever its size, where the bare
-             2× rule fails a 9-element row 2.5% of the time and a scalar 30%. A scalar is thus judged against
-             gross error only; the loss function itself is judged on identical inputs (agreement_clip_loss),
-             where the reference computes in float32 and its error is far below either bound.
+             (a block's output), 1.16 for 1,024, 1.47 for 64. Two equally accurate implementations then fail a
+             row with probability 0.1% whatever its size.
+           Such a verdict needs at least MIN_ELEMENTS = 64 elements (w ≤ 1.5): on fewer, w grows without bound
+           (3.2 for 9 elements, 637 for a scalar) and the row could pass a reference several times less
+           accurate than the library. verdict() refuses fewer: a loss is judged by its per-example terms, a
+           parameter's gradient with the other parameters of its stage.
+
+Power: every verdict row states `power`, the relative size of an error added to the reference's output
+(‖δ‖ / ‖reference‖) that the row fails whatever the error's direction: the row's tolerance plus the error it
+measured (by the triangle inequality the planted error can cancel no more than the measured one). A bug that
+moves an output by more than its power fails that row; tests/test_verdicts.py plants errors of twice the
+power into each family of row and dtype and sees each fail.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 TOL = {"float64": 1e-12, "float32": 1e-5}
+MIN_ELEMENTS = 64  # the fewest elements a verdict against a float64 truth takes: w(64) = 1.47
 LOW_PRECISION = ("bfloat16", "float16")
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 BACKENDS = ("math", "flash_attention", "efficient_attention", "cudnn_attention")
@@ -72,20 +80,27 @@ def widening(n: int) -> float:
 def verdict(dtype: str, ref: torch.Tensor, lib: torch.Tensor, truth: torch.Tensor | None = None,
             tol: float | None = None) -> dict:
     """Errors of ref against lib, and pass/fail under the rule of `dtype`: a fixed relative tolerance (float64,
-    float32; `tol` overrides it), or, when a float64 `truth` is given (low precision always), the 2× rule."""
+    float32; `tol` overrides it), or, when a float64 `truth` is given (low precision always), the 2× rule, on at
+    least MIN_ELEMENTS elements. Every row states its `power` (module docstring)."""
     row = errors(ref, lib)
     if truth is None:
         if dtype not in TOL:
             raise ValueError(f"{dtype} is judged against a float64 truth: pass `truth`")
         tol = tol or TOL[dtype]
-        row.update(tolerance=tol, rule=f"rel_err <= {tol:g}", passed=row["rel_err"] <= tol)
+        row.update(tolerance=tol, rule=f"rel_err <= {tol:g}", passed=row["rel_err"] <= tol,
+                   power=tol + row["rel_err"])
         return row
+    if lib.numel() < MIN_ELEMENTS:
+        raise ValueError(f"a verdict against a float64 truth on {lib.numel()} element(s): at least {MIN_ELEMENTS} "
+                         f"are needed for the 2x rule to mean anything (w({lib.numel()}) = "
+                         f"{widening(lib.numel()):.3g}); judge more elements at once (more inputs, per-example "
+                         "loss terms, a stage's parameters together)")
     ref_err = errors(ref, truth)["rel_err"]
     lib_err = errors(lib, truth)["rel_err"]
     w = widening(lib.numel())
     bound = 2 * w * max(lib_err, unit_roundoff(dtype))
     row.update(ref_err_vs_fp64=ref_err, lib_err_vs_fp64=lib_err, n_elements=lib.numel(), widening=w,
-               tolerance=bound, rule=TRUTH_RULE, passed=ref_err <= bound)
+               tolerance=bound, rule=TRUTH_RULE, passed=ref_err <= bound, power=bound + ref_err)
     return row
 
 
@@ -208,11 +223,82 @@ def sweep(
     return rows
 
 
+def _tower(name: str) -> str:
+    first = name.split(".")[0]
+    return first if first in ("visual", "text") else ""
+
+
+def gradient_stages(names: list[str], sizes: dict[str, int],
+                    tower: Callable[[str], str] = _tower) -> dict[str, list[str]]:
+    """Parameter names (in the model's order) grouped into the stages their gradients are judged by, in forward
+    order: each block (the name up to its index: blocks.3, visual.blocks.3, text.blocks.0, a hybrid's
+    patch_embed.backbone.stages.1) and, per tower, the parameters before its first block and after its last
+    (embeddings; final norm, head, projection); `tower(name)` names a parameter's tower ("" for none). A group of
+    fewer than MIN_ELEMENTS elements (a CLIP's logit_scale) joins the group before it, or after it when it is the
+    first: no stage is judged on a handful of numbers."""
+    groups: dict[str, list[str]] = {}
+    started: set[str] = set()  # towers whose blocks have begun
+    where = tower
+    for name in names:
+        tokens = name.split(".")
+        tower = where(name)
+        index = next((i for i, t in enumerate(tokens[:-1]) if t.isdigit() and i > 0), None)
+        if index is not None:
+            stage = ".".join(tokens[: index + 1])
+            started.add(tower)
+        else:
+            stage = (f"{tower} " if tower else "") + ("(after the blocks)" if tower in started else
+                                                      "(before the blocks)")
+        groups.setdefault(stage, []).append(name)
+    stages = list(groups.items())
+    i = 0
+    while len(stages) > 1 and i < len(stages):
+        if sum(sizes[n] for n in stages[i][1]) < MIN_ELEMENTS:
+            j = i - 1 if i > 0 else 1
+            keep = stages[j][0]
+            merged = stages[j][1] + stages[i][1] if j < i else stages[i][1] + stages[j][1]
+            stages[min(i, j)] = (keep, merged)
+            del stages[max(i, j)]
+            i = 0
+            continue
+        i += 1
+    return dict(stages)
+
+
+def gradient_verdicts(dtype: str, ref: dict[str, torch.Tensor], lib: dict[str, torch.Tensor],
+                      truth: dict[str, torch.Tensor] | None, tower: Callable[[str], str] = _tower,
+                      ) -> tuple[dict, dict[str, dict], dict[str, float], dict[str, list[str]]]:
+    """Gradients judged over all parameters together and stage by stage (gradient_stages, in `lib`'s order), and
+    each parameter's relative error (for naming the worst; not a verdict: one parameter can hold a single number).
+    `truth` (the library's float64 gradients) for float32 and low precision, None for float64. Returns (the whole
+    model's verdict, {stage: verdict} in forward order, {parameter: relative error}, {stage: its parameters})."""
+    names = list(lib)
+
+    def flat(d, keys):
+        return torch.cat([d[k].flatten() for k in keys])
+
+    whole = verdict(dtype, flat(ref, names), flat(lib, names), None if truth is None else flat(truth, names))
+    stages = gradient_stages(names, {n: lib[n].numel() for n in names}, tower)
+    per_stage = {s: verdict(dtype, flat(ref, keys), flat(lib, keys), None if truth is None else flat(truth, keys))
+                 for s, keys in stages.items()}
+    base = truth if truth is not None else lib
+    per_param = {n: errors(ref[n], base[n])["rel_err"] for n in names}
+    return whole, per_stage, per_param, stages
+
+
+def first_backward(per_stage: dict[str, dict]) -> str | None:
+    """The failing stage the backward pass reaches first: the last failing one in forward order (a bug in a block's
+    backward corrupts its own gradients and every earlier stage's, never a later one's)."""
+    failing = [s for s, r in per_stage.items() if not r["passed"]]
+    return failing[-1] if failing else None
+
+
 def compare_gradients(lib_master: nn.Module, to_reference: Callable[[nn.Module], nn.Module],
                       to_reference_names: Callable[[dict, object], dict], loss: Callable[[nn.Module, torch.dtype],
                                                                                       torch.Tensor],
                       dtypes: list[str], library: str) -> list[dict]:
-    """Gradients of `loss(model, dtype)` for every parameter, reference vs library, in float64 and float32.
+    """Gradients of `loss(model, dtype)` for every parameter, reference vs library, in float64 and float32: one row
+    for all parameters, one per stage (harness.numerics.gradient_stages).
 
     float64: relative error ≤ 1e-12 between the two. float32: each side's error against the library's float64
     gradients, by the 2× rule (harness.numerics). `to_reference_names(grads, ref.config)` maps the library's
@@ -234,14 +320,15 @@ def compare_gradients(lib_master: nn.Module, to_reference: Callable[[nn.Module],
             truth = {n: g.clone() for n, g in lib_grads.items()}
         elif truth is None:  # float32 alone: the float64 truth is still needed
             truth = to_reference_names(grads(cast(lib_master, "float64"), torch.float64), ref.config)
-        use_truth = dtype != "float64"
-        per_param = {n: verdict(dtype, ref_grads[n], lib_grads[n], truth[n] if use_truth else None)
-                     for n in lib_grads}
-        worst = max(per_param, key=lambda n: per_param[n]["rel_err"])
-        flat = [torch.cat([g[n].flatten() for n in lib_grads]) for g in (ref_grads, lib_grads, truth)]
-        failing = [n for n, r in per_param.items() if not r["passed"]]
-        rows.append({"check": "gradients", "dtype": dtype, "backend": "explicit", "library": library,
-                     "n_params": len(per_param), **verdict(dtype, flat[0], flat[1], flat[2] if use_truth else None),
-                     "worst_param": worst, "worst_param_rel_err": per_param[worst]["rel_err"],
-                     "params_failing": len(failing), "first_failing_stage": failing[0] if failing else "none"})
+        lib_grads = {n: lib_grads[n] for n in ref_grads}  # the reference's order: its stages in forward order
+        whole, per_stage, per_param, _ = gradient_verdicts(dtype, ref_grads, lib_grads,
+                                                           truth if dtype != "float64" else None)
+        worst = max(per_param, key=per_param.get)
+        first = first_backward(per_stage)
+        base = {"dtype": dtype, "backend": "explicit", "library": library}
+        rows.append({"check": "gradients", **base, "n_params": len(per_param), **whole, "worst_param": worst,
+                     "worst_param_rel_err": per_param[worst],
+                     "stages_failing": sum(not r["passed"] for r in per_stage.values()),
+                     "first_failing_stage": first or "none"})
+        rows += [{"check": "gradient_stage", **base, "stage": s, **r} for s, r in per_stage.items()]
     return rows

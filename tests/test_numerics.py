@@ -19,16 +19,38 @@ LOW = ["bfloat16", "float16"]
 
 
 def test_rule_floors_the_library_error_at_the_unit_roundoff():
-    truth = torch.tensor([1.0], dtype=torch.float64)
+    truth = torch.ones(64, dtype=torch.float64)
     u = unit_roundoff("bfloat16")
     lucky_library = truth * (1 + 0.01 * u)  # a library result that happens to land almost on the truth
-    reference = truth * (1 + 3 * u)  # three roundings off: still within the rule's bound for one scalar
+    reference = truth * (1 + 2.5 * u)  # 2.5 roundings off: within 2 w(64) u = 2.94 u, 80x past 2 w(64) x 0.01 u
     row = verdict("bfloat16", reference, lucky_library, truth)
-    assert row["passed"] and row["tolerance"] == pytest.approx(2 * widening(1) * u)
+    assert row["passed"] and row["tolerance"] == pytest.approx(2 * widening(64) * u)
+    assert not verdict("bfloat16", truth * (1 + 3 * u), lucky_library, truth)["passed"]  # 3 u: past the bound
+
+
+def test_a_verdict_against_the_truth_needs_64_elements():
+    """w(n) <= 1.5 from 64 elements on; fewer would let a reference several times less accurate pass (w(9) = 3.2,
+    w(1) = 637): verdict() refuses them, naming the fix."""
+    assert widening(64) <= 1.5 < widening(60)
+    truth = torch.ones(63, dtype=torch.float64)
+    with pytest.raises(ValueError, match="on 63 element.*at least 64.*per-example"):
+        verdict("bfloat16", truth, truth, truth)
+    assert verdict("float32", truth[:1], truth[:1])["passed"]  # a fixed tolerance needs no count
+
+
+def test_power_is_the_tolerance_plus_the_error_measured():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(1000, dtype=torch.float64, generator=g)
+    lib = truth + 1e-3 * torch.randn(1000, dtype=torch.float64, generator=g)
+    ref = truth + 1e-3 * torch.randn(1000, dtype=torch.float64, generator=g)
+    row = verdict("float16", ref, lib, truth)
+    assert row["power"] == pytest.approx(row["tolerance"] + row["ref_err_vs_fp64"])
+    fixed = verdict("float32", lib, truth)
+    assert fixed["power"] == pytest.approx(1e-5 + fixed["rel_err"])
 
 
 def test_rule_widens_for_small_tensors_and_not_for_large_ones():
-    assert widening(1) > 600 and 3.0 < widening(9) < 3.3 and widening(100_000) < 1.02
+    assert widening(1) > 600 and 3.0 < widening(9) < 3.3 and 1.4 < widening(64) < 1.5 and widening(100_000) < 1.02
     g = torch.Generator().manual_seed(0)
     truth = torch.randn(100_000, dtype=torch.float64, generator=g)
     lib = truth + 1e-3 * torch.randn(100_000, dtype=torch.float64, generator=g)
@@ -103,7 +125,7 @@ def rows_frame(rows):
 
 def test_vit_low_precision_rows_pass_on_cpu():
     lib = timm.create_model("vit_tiny_patch16_224", depth=2, img_size=64, num_classes=10).eval()
-    x = torch.randn(3, 3, 64, 64, dtype=torch.float64)
+    x = torch.randn(7, 3, 64, 64, dtype=torch.float64)  # 70 logits: at least 64 elements judged
     df = rows_frame(agreement.model_rows(lib, x, ["float32", *LOW], torch.device("cpu")))
     assert set(df["check"]) == {"logits", "block"} and set(df["backend"]) >= {"explicit", "math"}
     assert df["passed"].all(), df[~df["passed"]][["dtype", "backend", "stage", "ref_err_vs_fp64", "tolerance"]]
@@ -111,8 +133,8 @@ def test_vit_low_precision_rows_pass_on_cpu():
 
 
 def test_clip_low_precision_rows_pass_on_cpu():
-    config = {"photos": ["astronaut"], "random_inputs": 1, "tokenizer": "ViT-B-32",
-              "captions": ["a photo of an astronaut.", "random noise."]}
+    config = {"photos": ["astronaut"], "random_inputs": 31, "tokenizer": "ViT-B-32",
+              "captions": ["a photo of an astronaut."] + [f"random noise number {i}." for i in range(31)]}
     ctx = Context(device=torch.device("cpu"))
     model = small_open_clip("ViT-S-32", layers=2)
     images, tokens = agreement_clip._inputs(model, config, 0, ctx.device)
@@ -130,10 +152,13 @@ def test_float32_gradients_are_judged_against_float64():
     lib = timm.create_model("vit_tiny_patch16_224", depth=2, img_size=32, patch_size=8, num_classes=5).eval()
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     rows = agreement.gradient_rows(lib, x, ["float32"])  # float64 is computed as the truth even when not asked
-    assert [r["dtype"] for r in rows] == ["float32"]
+    assert {r["dtype"] for r in rows} == {"float32"}
     r = rows[0]
-    assert r["passed"] and r["rule"] == harness.numerics.TRUTH_RULE and r["params_failing"] == 0
-    assert r["ref_err_vs_fp64"] < 1e-5 and r["lib_err_vs_fp64"] < 1e-5
+    assert r["check"] == "gradients" and r["passed"] and r["rule"] == harness.numerics.TRUTH_RULE
+    assert r["stages_failing"] == 0 and r["ref_err_vs_fp64"] < 1e-5 and r["lib_err_vs_fp64"] < 1e-5
+    stages = [s["stage"] for s in rows[1:]]
+    assert stages == ["(before the blocks)", "blocks.0", "blocks.1", "(after the blocks)"]
+    assert all(s["check"] == "gradient_stage" and s["passed"] and s["n_elements"] >= 64 for s in rows[1:])
 
 
 @pytest.mark.parametrize("make", [lambda: timm.create_model("vit_tiny_r_s16_p8_224", img_size=64, depth=2),

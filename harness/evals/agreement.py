@@ -5,11 +5,13 @@ Tolerances (relative error ‖ref − lib‖ / ‖lib‖), from harness.numerics
   bfloat16 / float16, and float32 gradients: the reference's error against a float64 ground truth (the library
   run in float64) is at most 2 w(n) × the library's own, the library's error floored at the dtype's unit
   roundoff u = eps/2 (FlashAttention's 2× rule, made sound for small outputs: w(n) = sqrt(F⁻¹(0.999; n, n)) is
-  how far one n-element error norm exceeds another of equal spread by chance — 1.01 for a block's output, 3.2
-  for a 3×3 logits matrix, 637 for a scalar loss, which is therefore judged against gross error only; the loss
-  function itself is judged on identical inputs in agreement_clip_loss). `tolerance` holds each row's bound.
-  On a GPU, TF32 is off on both sides. bfloat16/float16 rows run on CPU too (every model on a GPU; the models
-  in cpu_low_precision_models on a CPU, where those dtypes run ~16x slower than float32).
+  how far one n-element error norm exceeds another of equal spread by chance — 1.01 for a block's output, 1.16
+  for a 32×32 logits matrix, 1.47 for 64 elements, the fewest any such row judges). The contrastive loss is
+  judged by its per-example terms (2 per image–text pair, 32 pairs), gradients over all parameters and stage by
+  stage. `tolerance` holds each row's bound, `power` the relative error of the reference's output the row
+  fails whatever its direction (tolerance + the error measured). On a GPU, TF32 is off on both sides.
+  bfloat16/float16 rows run on CPU too (every model on a GPU; the models in cpu_low_precision_models on a CPU,
+  where those dtypes run ~16x slower than float32).
 """
 
 from __future__ import annotations
@@ -245,34 +247,83 @@ def _result(df: pd.DataFrame) -> pd.Series:
     return result.where(df["result"] != "skipped", "skipped") if "result" in df else result
 
 
+FAMILIES = {"logits": "model outputs", "image_embedding": "model outputs", "text_embedding": "model outputs",
+            "image_embedding_3way": "model outputs", "block": "blocks", "attention": "attention",
+            "loss_terms": "loss", "clip_loss": "loss", "gradients": "gradients", "gradient_stage": "gradients"}
+POWER_NOTE = ("`power`: the relative size of an error in the reference's output (‖δ‖ / ‖output‖) that a row fails "
+              "whatever the error's direction — its tolerance plus the error it measured (harness/numerics.py). A "
+              "family's `max_power` is the largest over its rows: a bug that moves any output of the family by more "
+              "fails its row. `CLIP logits` are the 32×32 image–text logits; `loss` the contrastive loss's "
+              "per-example terms (in the CLIP rows and in agreement_clip_loss); `gradients` every parameter together "
+              "and stage by stage. tests/test_verdicts.py plants errors of twice the power into each family and "
+              "dtype and sees the rows fail.")
+
+
+def power_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows per (family, dtype) with the largest and median power, and the rule."""
+    if "power" not in df:
+        return pd.DataFrame()
+    judged = df[df["power"].notna()].copy()
+    family = judged["check"].map(FAMILIES)
+    clip_logits = (judged["check"] == "logits") & (judged.get("library") == "open_clip")
+    judged["family"] = family.where(~clip_logits, "CLIP logits")
+    order = {d: i for i, d in enumerate(("float64", "float32", "bfloat16", "float16"))}
+    g = judged.groupby(["family", "dtype"], sort=False)
+    out = pd.DataFrame({"rows": g.size(), "max_power": g["power"].max(), "median_power": g["power"].median(),
+                        "failing": g["passed"].apply(lambda p: int((p == False).sum()))}).reset_index()  # noqa: E712
+    return out.sort_values(["family", "dtype"], key=lambda c: c.map(order) if c.name == "dtype" else c,
+                           kind="stable").reset_index(drop=True)
+
+
+def _power_line(power: pd.DataFrame) -> str:
+    parts = []
+    for family, g in power.groupby("family", sort=False):
+        parts.append(f"{family} " + ", ".join(f"{r.dtype} {r.max_power:.2g}" for r in g.itertuples()))
+    return "; ".join(parts)
+
+
+def _present(df: pd.DataFrame, columns: list[str]) -> list[str]:
+    return [c for c in columns if c in df]
+
+
 def tables(rows: list[dict], config: dict) -> list[Table]:
     df = pd.DataFrame(rows)
     df["result"] = _result(df) if "passed" in df else "skipped"
     note = __doc__.split("\n", 2)[2]
     out = []
-    main = df[~df["check"].isin(["block", "attention", "clip_loss"])].reset_index(drop=True)
-    cols = ["model", "weights", "library", "check", "dtype", "backend", "n_inputs", "max_abs", "rel_err", "cosine",
-            "top1_agree", "rule", "result", "first_failing_stage", "worst_param", "worst_param_rel_err"]
+    main = df[~df["check"].isin(["block", "gradient_stage", "attention", "clip_loss"])].reset_index(drop=True)
+    cols = ["model", "weights", "library", "check", "dtype", "backend", "n_inputs", "n_elements", "max_abs",
+            "rel_err", "cosine", "top1_agree", "rule", "power", "result", "first_failing_stage", "worst_param",
+            "worst_param_rel_err"]
     out.append(Table("agreement", main, "Agreement: reference ViT and CLIP vs timm and open_clip",
                      "reference ViT vs timm and reference CLIP vs open_clip (and timm's CLIP towers): outputs, "
-                     "loss and gradients per dtype and attention backend",
-                     [c for c in cols if c in main], note))
-    blocks = df[df["check"] == "block"].reset_index(drop=True)
+                     "loss terms and gradients per dtype and attention backend",
+                     _present(main, cols), note))
+    blocks = df[df["check"].isin(["block", "gradient_stage"])].reset_index(drop=True)
     if len(blocks):
-        out.append(Table("agreement_blocks", blocks, "Agreement after every block",
-                         "per-stage errors (patch embedding, each block of each tower) of the reference vs the library",
-                         ["model", "library", "dtype", "backend", "stage", "max_abs", "rel_err", "cosine", "rule",
-                          "result"], note))
+        out.append(Table("agreement_blocks", blocks, "Agreement after every block, and gradients stage by stage",
+                         "per-stage errors (patch embedding, each block of each tower) of the reference vs the "
+                         "library, and the parameter gradients of each stage",
+                         _present(blocks, ["model", "library", "check", "dtype", "backend", "stage", "n_elements",
+                                           "max_abs", "rel_err", "cosine", "rule", "power", "result"]), note))
     loss = df[df["check"] == "clip_loss"].reset_index(drop=True)
     if len(loss):
         out.append(Table("agreement_clip_loss", loss, "harness.clip_loss vs open_clip's ClipLoss",
-                         "the symmetric contrastive loss vs open_clip's ClipLoss, batch sizes × logit scales",
-                         ["batch", "logit_scale", "dtype", "max_abs", "rel_err", "rule", "result"], note))
+                         "the symmetric contrastive loss vs open_clip's ClipLoss, batch sizes × logit scales, judged "
+                         "by the per-example terms of several batches",
+                         _present(loss, ["batch", "batches", "logit_scale", "dtype", "n_elements", "loss_lib",
+                                         "max_abs", "rel_err", "rule", "power", "result"]), note))
+    power = power_summary(df)
+    if len(power):
+        out.append(Table("agreement_power", power, "The power of each family of verdict row, by dtype",
+                         "the smallest relative error each family of agreement row is sure to catch, by dtype "
+                         "(largest power over the family's rows): " + _power_line(power),
+                         None, POWER_NOTE))
     attn = df[df["check"] == "attention"].reset_index(drop=True)
     if len(attn):
         out.append(Table("agreement_attention", attn, "Agreement of attention alone",
                          "reference attention (explicit and online softmax) vs F.scaled_dot_product_attention, "
                          "nn.MultiheadAttention, timm Attention",
-                         ["comparison", "seq_len", "heads", "mask", "dtype", "max_abs", "rel_err", "rule", "result"],
-                         note))
+                         _present(attn, ["comparison", "seq_len", "heads", "mask", "dtype", "max_abs", "rel_err",
+                                         "rule", "power", "result"]), note))
     return out

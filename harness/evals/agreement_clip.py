@@ -17,15 +17,31 @@ from ..models import image_batch, load_open_clip, load_timm, open_clip_transform
 from ..numerics import LOW_PRECISION, TOL, capture, cast, compare_gradients, dtype_of, sweep, verdict
 from ..reference.clip import clip_loss
 
-OUTPUTS = ["image_embedding", "text_embedding", "logits", "loss"]
+OUTPUTS = ["image_embedding", "text_embedding", "logits", "loss_terms"]
 
 
-def _inputs(model: nn.Module, config: dict, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """As many images as captions: real photographs (open_clip's preprocessing) plus random tensors."""
+def open_clip_loss_terms(image_features: torch.Tensor, text_features: torch.Tensor,
+                         logit_scale: torch.Tensor) -> torch.Tensor:
+    """open_clip's ClipLoss as its 2N per-example terms (the N image->text cross-entropies, then the N text->image
+    ones): ClipLoss's own get_logits and get_ground_truth, the cross-entropy unreduced. Their mean is
+    ClipLoss()(image_features, text_features, logit_scale) (tests/test_clip.py)."""
+    from open_clip.loss import ClipLoss
+
+    loss = ClipLoss()
+    per_image, per_text = loss.get_logits(image_features, text_features, logit_scale)
+    labels = loss.get_ground_truth(image_features.device, per_image.shape[0])
+    return torch.cat([F.cross_entropy(per_image, labels, reduction="none"),
+                      F.cross_entropy(per_text, labels, reduction="none")])
+
+
+def _inputs(model: nn.Module, config: dict, seed: int, device,
+            pairs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """As many images as captions: real photographs (open_clip's preprocessing) plus random tensors; the first
+    `pairs` of them when given."""
     import open_clip
 
     images = image_batch(open_clip_transform(model), model.visual.image_size[0], config["photos"],
-                         config["random_inputs"], seed)
+                         config["random_inputs"], seed)[:pairs]
     captions = config["captions"][: len(images)]
     if len(captions) != len(images):
         raise ValueError(f"the suite config needs {len(images)} captions (one per image), has {len(captions)}")
@@ -42,24 +58,23 @@ def _stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _outputs(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Embeddings, logits and loss, each computed the way its own library computes it.
+    """Embeddings, logits and the contrastive loss's 2N per-example terms (judged as terms: a scalar loss would be
+    one element, too few to judge against a float64 truth), each computed the way its own library computes it.
 
     The towers run once: the logits come from each library's own logits function (the reference's forward(),
     open_clip's get_logits()) with its encode_image/encode_text calls answered from the embeddings just computed,
     normalised as both libraries normalise them. A second pass would give the same bits and double the cost
     (bfloat16 and float16 matmuls run ~50x slower than float32 on a CPU without native support)."""
-    from open_clip.loss import ClipLoss
-
     image, text = model.encode_image(images), model.encode_text(tokens)
     img_n, txt_n = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
     with _encoded(model, {id(images): (image, img_n)}, {id(tokens): (text, txt_n)}):
         if hasattr(model, "text"):  # reference: forward() and harness.clip_loss
             logits = model(images, tokens)[0]
-            loss = clip_loss(img_n, txt_n, model.scale())
+            terms = clip_loss(img_n, txt_n, model.scale(), reduction="none")
         else:  # open_clip: get_logits() and ClipLoss
             logits = model.get_logits(images, tokens)[0]
-            loss = ClipLoss()(img_n, txt_n, model.logit_scale.exp())
-    return {"image_embedding": image, "text_embedding": text, "logits": logits, "loss": loss}
+            terms = open_clip_loss_terms(img_n, txt_n, model.logit_scale.exp())
+    return {"image_embedding": image, "text_embedding": text, "logits": logits, "loss_terms": terms}
 
 
 @contextlib.contextmanager
@@ -92,11 +107,13 @@ def model_rows(name: str, weights: str, config: dict, ctx, dtypes: list[str]) ->
 
 
 def gradient_rows(name: str, weights: str, config: dict, ctx, dtypes: list[str]) -> list[dict]:
-    """Gradients of the contrastive loss for every parameter: reference vs open_clip."""
+    """Gradients of the contrastive loss for every parameter: reference vs open_clip, on the first
+    `gradient_pairs` image–text pairs (each row judges whole stages' parameters: many elements from few inputs)."""
     model = load_open_clip(name, weights, seed=ctx.seed).to(ctx.device)
-    images, tokens = _inputs(model, config, ctx.seed, ctx.device)
+    images, tokens = _inputs(model, config, ctx.seed, ctx.device, config.get("gradient_pairs"))
     rows = compare_gradients(model, from_open_clip, convert_state_dict,
-                             lambda m, dt: _outputs(m, images.to(dt), tokens)["loss"], dtypes, "open_clip")
+                             lambda m, dt: _outputs(m, images.to(dt), tokens)["loss_terms"].mean(), dtypes,
+                             "open_clip")
     return [{**r, "n_inputs": len(images)} for r in rows]
 
 
@@ -107,7 +124,7 @@ def three_way_rows(name: str, timm_name: str, weights: str, config: dict, ctx, d
     oc = load_open_clip(name, weights, seed=ctx.seed).to(ctx.device).double()
     tm = load_timm(timm_name, "random", seed=ctx.seed, num_classes=oc.visual.proj.shape[1]).to(ctx.device).double()
     tm.load_state_dict(checkpoint_filter_fn(oc.state_dict(), tm), strict=True)
-    images, _ = _inputs(oc, config, ctx.seed, ctx.device)
+    images, _ = _inputs(oc, config, ctx.seed, ctx.device, config.get("three_way_images"))
     rows = []
     for dtype in [d for d in dtypes if d in TOL]:
         dt = dtype_of(dtype)
@@ -126,21 +143,30 @@ def three_way_rows(name: str, timm_name: str, weights: str, config: dict, ctx, d
 
 
 def loss_rows(cfg: dict, dtypes: list[str], device, seed: int) -> list[dict]:
-    """harness.clip_loss vs open_clip's ClipLoss on random unit features, batch sizes × logit scales."""
-    from open_clip.loss import ClipLoss
-
+    """harness.clip_loss vs open_clip's ClipLoss on random unit features, batch sizes × logit scales. Each row
+    judges the 2N per-example terms of ⌈min_terms / 2N⌉ independent batches together (at least min_terms
+    elements: a batch of 2 gives 4 terms, so 16 batches), and states the losses (the terms' means) too."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for n in cfg["batch_sizes"]:
-        feats = [F.normalize(torch.randn(n, cfg["dim"], generator=g, dtype=torch.float64), dim=-1) for _ in range(2)]
+        if n < 2:
+            raise ValueError(f"clip loss batch size {n}: the loss of one pair is 0 on both sides (nothing to judge)")
+        batches = -(-cfg.get("min_terms", 64) // (2 * n))
+        feats = [[F.normalize(torch.randn(n, cfg["dim"], generator=g, dtype=torch.float64), dim=-1)
+                  for _ in range(2)] for _ in range(batches)]
         for scale in cfg["logit_scales"]:
-            truth = ClipLoss()(*feats, torch.tensor(scale, dtype=torch.float64))
+            scale64 = torch.tensor(scale, dtype=torch.float64)
+            truth = torch.cat([open_clip_loss_terms(img, txt, scale64) for img, txt in feats])
             for dtype in dtypes:
-                img, txt = (f.to(device, dtype_of(dtype)) for f in feats)
-                s = torch.tensor(scale, dtype=dtype_of(dtype), device=device)
+                dt = dtype_of(dtype)
+                s = torch.tensor(scale, dtype=dt, device=device)
+                pairs = [(img.to(device, dt), txt.to(device, dt)) for img, txt in feats]
+                ref = torch.cat([clip_loss(img, txt, s, reduction="none") for img, txt in pairs])
+                lib = torch.cat([open_clip_loss_terms(img, txt, s) for img, txt in pairs])
                 low = dtype in LOW_PRECISION
-                r = verdict(dtype, clip_loss(img, txt, s), ClipLoss()(img, txt, s), truth.to(device) if low else None,
+                r = verdict(dtype, ref, lib, truth.to(device) if low else None,
                             tol=None if low else cfg.get("tol", {}).get(dtype))
-                rows.append({"check": "clip_loss", "library": "open_clip ClipLoss", "batch": n, "logit_scale": scale,
-                             "dtype": dtype, **r})
+                rows.append({"check": "clip_loss", "library": "open_clip ClipLoss", "batch": n, "batches": batches,
+                             "logit_scale": scale, "dtype": dtype, "loss_ref": ref.double().mean().item(),
+                             "loss_lib": lib.double().mean().item(), **r})
     return rows

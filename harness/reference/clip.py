@@ -122,22 +122,29 @@ class CLIP(nn.Module):
         return self
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float):
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
+              reduction: str = "mean"):
     """The symmetric contrastive loss over the N² pairs of a batch of N matching (image, text) pairs.
 
     With L = logit_scale · I Tᵀ (cosine similarities divided by τ when the features are L2-normalised,
     as encode_*(normalize=True) gives them; logit_scale = 1/τ = exp(s)):
         loss = ½ [ −1/N Σ_i log softmax_j(L)_ii  −  1/N Σ_j log softmax_i(L)_jj ]
     the mean of the image->text and text->image cross-entropies, the N matching pairs being the targets.
+    reduction="none" gives its 2N per-example terms instead (the N image->text cross-entropies, then the N
+    text->image ones), whose mean is the loss.
     bfloat16 / float16 features are computed in float32 (the loss comes back in float32), as mixed-precision
     training computes its loss.
     """
     if image_features.shape != text_features.shape:
         raise ValueError(f"image features {tuple(image_features.shape)} and text features "
                          f"{tuple(text_features.shape)} must both be (N, D) for N matching pairs")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction={reduction!r}: 'mean' or 'none'")
     acc = torch.promote_types(image_features.dtype, torch.float32)
     image_features, text_features = image_features.to(acc), text_features.to(acc)
     logits = logit_scale * image_features @ text_features.T  # (N, N): row i = image i against every text
-    image_to_text = -torch.diagonal(logits.log_softmax(dim=1)).mean()  # softmax over texts
-    text_to_image = -torch.diagonal(logits.log_softmax(dim=0)).mean()  # softmax over images
-    return (image_to_text + text_to_image) / 2
+    image_to_text = -torch.diagonal(logits.log_softmax(dim=1))  # softmax over texts
+    text_to_image = -torch.diagonal(logits.log_softmax(dim=0))  # softmax over images
+    if reduction == "none":
+        return torch.cat([image_to_text, text_to_image])
+    return (image_to_text.mean() + text_to_image.mean()) / 2
