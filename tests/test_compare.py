@@ -50,9 +50,22 @@ class FusedAttention(nn.Module):
         return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D))
 
 
+class OffBackward(torch.autograd.Function):
+    """The identity forward; a backward 1% off (the kind of bug a hand-written backward kernel has)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 1.01
+
+
 class Layer(nn.Module):
     def __init__(self, dim, heads, bugs, eps=1e-6):
         super().__init__()
+        self.bugs = bugs
         self.ln1 = nn.LayerNorm(dim, eps=eps)
         self.attn = FusedAttention(dim, heads) if "swap_qk" in bugs else Attention(dim, heads, bugs)
         self.ln2 = nn.LayerNorm(dim, eps=1e-6)
@@ -60,21 +73,24 @@ class Layer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), act, nn.Linear(4 * dim, dim))
 
     def forward(self, x):
-        x = x + self.attn(self.ln1(x))
-        return x + self.ff(self.ln2(x))
+        a = self.attn(self.ln1(x))
+        x = x + (a.detach() if "detach_attn" in self.bugs else a)  # forward exact, attention gets no gradient
+        f = self.ff(self.ln2(x))
+        return x + (OffBackward.apply(f) if "off_backward" in self.bugs else f)
 
 
 class MyViT(nn.Module):
     """A ViT written differently from harness/reference: its own names, a Conv2d patch embedding."""
 
-    def __init__(self, bugs=(), eps_block=None, classes=10):
+    def __init__(self, bugs=(), eps_block=None, classes=10, backward_block=None):
         super().__init__()
         n = (SIZE // PATCH) ** 2
         self.embed = nn.Conv2d(3, DIM, PATCH, PATCH)
         self.cls = nn.Parameter(torch.zeros(1, 1, DIM))
         self.bugs = bugs
         self.pos = nn.Parameter(torch.zeros(1, n if "pos_before_cls" in bugs else n + 1, DIM))
-        self.layers = nn.ModuleList([Layer(DIM, HEADS, bugs, 1e-5 if i == eps_block else 1e-6) for i in range(DEPTH)])
+        self.layers = nn.ModuleList([Layer(DIM, HEADS, bugs if backward_block in (None, i) else (),
+                                           1e-5 if i == eps_block else 1e-6) for i in range(DEPTH)])
         self.final_norm = nn.LayerNorm(DIM, eps=1e-6)
         self.classifier = nn.Linear(DIM, classes)
 
@@ -108,8 +124,11 @@ def test_a_correct_candidate_written_differently_passes(capsys):
     assert {"embed", "patch_embed.proj", "blocks.0.norm1", "blocks.0.attn", "blocks.0.mlp", "blocks.2", "norm",
             "head", "output"} <= stages
     assert (report.df.result == "pass").all() and set(report.df.dtype) == {"float64", "float32"}
-    g = report.df[report.df.check == "gradients"]
-    assert len(g) == 2 and (g.params_failing == 0).all()
+    g = report.df[(report.df.check == "gradients") & (report.df.stage == "all parameters")]
+    assert len(g) == 2 and (g.stages_failing == 0).all() and report.first_backward_divergence is None
+    stages = report.df[(report.df.check == "gradients") & (report.df.stage != "all parameters")]
+    assert list(dict.fromkeys(stages.stage)) == ["(before the blocks)", "layers.0", "layers.1", "layers.2",
+                                                 "(after the blocks)"]
     assert rows(report).rel_err.max() < 1e-12
 
 
@@ -144,6 +163,29 @@ def test_planted_bug_is_pinned_to_its_block_and_stage(bug):
     before = r[r.stage.isin(order[: order.index(report.first_divergence["module"])])]
     assert len(before) and before.rel_err.max() < 1e-12
     assert f"First divergence: library stage `{where}`" in report.summary
+
+
+BACKWARD_BUGS = {
+    "attention branch detached from the graph in block 1": ("detach_attn", 1),
+    "a custom autograd function whose backward is 1% off in block 2's MLP": ("off_backward", 2),
+}
+
+
+@pytest.mark.parametrize("bug", list(BACKWARD_BUGS))
+def test_backward_only_bug_is_pinned_to_its_block(bug):
+    """The forward pass is exact (no stage departs), the gradients are not: the first backward divergence names the
+    block, the stages after it agree, and the command's verdict (Report.diverged) counts it."""
+    flag, block = BACKWARD_BUGS[bug]
+    report = compare(MyViT(bugs=(flag,), backward_block=block), library(), verbose=False)
+    assert report.first_divergence is None, report.summary  # every forward stage agrees
+    back = report.first_backward_divergence
+    assert back is not None and back["stage"] == f"layers.{block}" and back["dtype"] == "float64", report.summary
+    assert back["worst_param"].startswith(f"layers.{block}.")
+    assert report.diverged and f"First backward divergence: stage `layers.{block}`" in report.summary
+    g = report.df[(report.df.check == "gradients") & (report.df.dtype == "float64")].set_index("stage")
+    after = [f"layers.{i}" for i in range(block + 1, DEPTH)] + ["(after the blocks)"]
+    assert (g.loc[after, "result"] == "pass").all()
+    assert (g.loc[[f"layers.{block}", "all parameters"], "result"] == "fail").all()
 
 
 def test_text_tower_without_causal_mask_is_pinned():
@@ -191,6 +233,10 @@ from test_compare import MyViT
 
 def build():
     return MyViT(bugs=("tanh_gelu",))
+
+
+def build_backward():
+    return MyViT(bugs=("off_backward",), backward_block=2)
 '''
 
 
@@ -209,6 +255,15 @@ def test_command_line_writes_the_report(tmp_path):
     df = pd.read_csv(tmp_path / "cmp" / "compare.csv")
     assert {"stage", "candidate_stage", "dtype", "rel_err", "result"} <= set(df.columns)
     assert "First divergence" in (tmp_path / "cmp" / "compare.md").read_text()
+    for extra, code in (([], 1), (["--allow-failures"], 0)):  # a backward-only bug fails the command too
+        proc = subprocess.run([sys.executable, "-m", "harness", "compare", "--candidate",
+                               "my_candidates:build_backward", "--library", "timm:vit_tiny_patch16_224",
+                               "--library-kwargs", kwargs, *extra],
+                              cwd=tmp_path, capture_output=True, text=True,
+                              env={"PYTHONPATH": f"{REPO_ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin",
+                                   "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == code, proc.stderr[-2000:]
+        assert "No stage departs" in proc.stdout and "First backward divergence: stage `layers.2`" in proc.stdout
 
 
 @pytest.mark.slow
