@@ -553,7 +553,7 @@ def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bo
             "classes-major).")
         index["bench_eval"] = "a cold default eval timed by suite and stage, before and after"
     if "probe" in parts:
-        df = bench_probe(device).assign(**prov)
+        df = bench_probe(device, *((50, 50) if quick else ())).assign(**prov)
         written += results.write_table(
             df, out, "bench_probe", f"Linear probe: harness vs scikit-learn ({device_label})",
             ["implementation", "work", "train_images", "feature_dim", "strength", "top1", "seconds",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -37,6 +38,7 @@ from .suite import (  # noqa: F401
     SUITES_DIR,
     ConfigError,
     Context,
+    Failure,
     Table,
     apply_overrides,
     load_suite,
@@ -262,6 +264,53 @@ def _write(prepared: Prepared, ctx: Context, out_dir: Path, rows: list[dict], do
                 written.append(results.atomic_write_figure(lambda path, t=table, d=df: t.plot(d, path),
                                                            out_dir / f"{table.name}.png"))
             index[table.name] = table.description
+            failing = failing_rows(df)
+            if len(failing):
+                ctx.failures.append(Failure(suite.NAME, str(Path(out_dir) / f"{table.name}.csv"),
+                                            failing.to_dict("records")))
         written.append(results.write_index(out_dir, index))
     print(f"{suite.NAME}: {len(rows)} rows in {elapsed:.1f} s -> " + ", ".join(str(p) for p in written))
     return written
+
+
+# ------------------------------------------------------------------------------------------------ verdicts
+# the columns that say which row failed and by how much, in the order they are printed
+FAILURE_COLUMNS = ("model", "library", "check", "comparison", "stage", "dtype", "backend", "seq_len", "heads", "mask",
+                   "batch", "logit_scale", "rel_err", "ref_err_vs_fp64", "lib_err_vs_fp64", "tolerance", "rule")
+
+
+def failing_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The verdict rows of a table that failed: `passed` is False (rows without a verdict, and skipped ones, are
+    not failures)."""
+    if "passed" not in df:
+        return df.iloc[:0]
+    bad = df["passed"].eq(False)
+    if "result" in df:
+        bad &= df["result"].ne("skipped")
+    return df[bad]
+
+
+def report_failures(failures: list[Failure], allow: bool = False, cap: int = 10, file=None) -> int:
+    """Print the failing verdict rows (at most `cap`, then where to read the rest) and return the exit status: 1
+    when any failed, 0 when none did or `allow` (the exploration mode: --allow-failures)."""
+    import sys
+
+    file = file or sys.stderr
+    total = sum(len(f.rows) for f in failures)
+    if not total:
+        return 0
+    print(f"{total} verdict row(s) failed{' (allowed by --allow-failures)' if allow else ''}:", file=file)
+    shown = 0
+    for f in failures:
+        for row in f.rows:
+            if shown == cap:
+                break
+            fields = [f"{c}={results._fmt(row[c])}" for c in FAILURE_COLUMNS
+                      if c in row and row[c] == row[c] and row[c] is not None and row[c] != ""]
+            print(f"  {f.suite} {Path(f.table).name}: " + ", ".join(fields), file=file)
+            shown += 1
+    if total > shown:
+        print(f"  ... and {total - shown} more", file=file)
+    tables = sorted({f.table for f in failures})
+    print("Read every failing row in " + ", ".join(tables) + " (rows with result == 'fail').", file=file)
+    return 0 if allow else 1

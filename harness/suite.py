@@ -19,6 +19,15 @@ SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 
 
 @dataclass
+class Failure:
+    """The failing verdict rows of one table (rows whose `passed` is False), as the table holds them."""
+
+    suite: str
+    table: str  # the CSV the rows are in
+    rows: list[dict]
+
+
+@dataclass
 class Context:
     device: torch.device
     seed: int = 0
@@ -27,6 +36,7 @@ class Context:
     use_cache: bool = True
     split: str = "auto"  # under torchrun: "units", "data", or "auto" (the evaluator's PARALLEL)
     log: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)  # verdict rows that failed, per table written
 
 
 @dataclass
