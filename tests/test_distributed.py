@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+import torch
 
 from harness import cli
 from harness.results import REPO_ROOT
@@ -57,6 +58,18 @@ def test_feature_extraction_shards_and_gathers_in_order(tmp_path):
     assert np.array_equal(got["features"], single.features) and np.array_equal(got["labels"], single.labels)
 
 
+def assert_same_errors(one: pd.DataFrame, two: pd.DataFrame) -> None:
+    """Each row's relative error equal to round-off between two runs that compute with other BLAS blockings (other
+    thread counts): within a factor of 2 of each other, or both under a tenth of the dtype's unit roundoff. A
+    relative error is a norm of round-off over thousands of elements: another blocking redraws the round-off, not
+    its size (measured on 2 AMD EPYC cores, 1 vs 2 threads: within 1.22x, 74% of rows bit for bit). It fails a row
+    computed in another dtype (float32 vs float64: 1e8x) or on other inputs or weights."""
+    u = one["dtype"].map(lambda d: torch.finfo(getattr(torch, d)).eps / 2).to_numpy(float)
+    a, b = one["rel_err"].to_numpy(float), two["rel_err"].to_numpy(float)
+    ok = np.abs(a - b) <= np.maximum(a, b) / 2 + u / 10
+    assert ok.all(), pd.DataFrame({"dtype": one["dtype"], "one": a, "two": b})[~ok]
+
+
 def _suite_dir(tmp_path, name: str, text: str):
     d = tmp_path / "suites"
     d.mkdir(exist_ok=True)
@@ -77,8 +90,7 @@ def test_agreement_under_torchrun_equals_one_process(tmp_path):
         keys = [c for c in ("unit", "model", "check", "stage", "dtype", "backend", "comparison", "mask", "heads")
                 if c in one]
         pd.testing.assert_frame_equal(one[keys], two[keys])  # the same rows in the same order
-        err = [c for c in ("max_abs_err", "rel_err") if c in one]
-        np.testing.assert_allclose(two[err].to_numpy(float), one[err].to_numpy(float), rtol=0, atol=1e-6)
+        assert_same_errors(one, two)
         assert (two["result"] == one["result"]).all()
 
 
@@ -183,7 +195,7 @@ def test_processes_split_units_and_write_the_same_table(tmp_path):
     one, two = pd.read_csv(tmp_path / "one" / "agreement.csv"), pd.read_csv(tmp_path / "two" / "agreement.csv")
     keys = ["unit", "model", "check", "dtype", "backend"]
     pd.testing.assert_frame_equal(one[keys], two[keys])
-    np.testing.assert_allclose(two["rel_err"].to_numpy(float), one["rel_err"].to_numpy(float), rtol=0, atol=1e-6)
+    assert_same_errors(one, two)
     assert (two["result"] == one["result"]).all() and two["device"].str.contains("1 threads").all()
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -255,7 +256,9 @@ def test_damaged_unit_and_checkpoint_are_detected_and_recomputed(kind, clean_sca
 
     shutil.copytree(clean_tmp / "cache", tmp_path / "cache")
     unit = sorted((tmp_path / "cache" / "units").rglob("*.json"))[0]
-    ckpt = sorted((tmp_path / "cache" / "checkpoints").rglob("model.safetensors"))[0]
+    runs = clean["data_scale_runs"]  # the damaged unit's own checkpoint, moved to this copy of the cache
+    row = runs[runs["unit"].str.replace(r"[^A-Za-z0-9_.=-]+", "_", regex=True) == unit.stem].iloc[0]
+    ckpt = tmp_path / "cache" / Path(row["checkpoint"]).relative_to(clean_tmp / "cache")
     marker = tmp_path / "code_ran"
     DAMAGE[kind](unit, marker)
     DAMAGE[kind](ckpt, marker)
@@ -290,23 +293,32 @@ def test_two_runs_at_once_share_cache_and_results(clean_scale, tmp_path):
 KILLS = 3
 
 
+def finished_units(cache_dir) -> int:
+    """Units of the run finished so far, as the cache holds them (each written atomically when its unit ends)."""
+    return len(list((cache_dir / "units").rglob("*.json"))) if (cache_dir / "units").exists() else 0
+
+
 @pytest.mark.slow
-def test_killed_at_random_moments_then_resumed(clean_scale, tmp_path):
+def test_killed_at_deterministic_points_then_resumed(clean_scale, tmp_path):
+    """SIGKILL right after the 2nd, 4th and 6th of the 10 units is seen finished on disk (each run resumes the
+    last and is killed again), then a run to the end: the tables equal an uninterrupted run's. The kill points
+    are counts of finished units, not times, so they land mid-run on a machine of any speed."""
     clean, _ = clean_scale
-    rng = np.random.default_rng(7)
     out, cache_dir = tmp_path / "out", tmp_path / "cache"
-    survived = 0
-    for _ in range(KILLS):
+    total = len(clean["data_scale_runs"])
+    for k in (2, 4, 6)[:KILLS]:
         proc = run_tiny_scale(tmp_path, out, cache_dir)
-        time.sleep(rng.uniform(4.0, 9.0))  # import and start take ~4 s; each unit about a second
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            survived += 1
+        while finished_units(cache_dir) < k:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]  # it must not end before unit k
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
-    assert survived >= 2  # the run was still going when killed (most times)
+        assert proc.returncode == -signal.SIGKILL  # killed, not finished: units were left
+        assert k <= finished_units(cache_dir) < total and not out.exists()
     proc = run_tiny_scale(tmp_path, out, cache_dir)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
+    assert finished_units(cache_dir) == total
     assert_same_tables(out, clean)
     assert not list(tmp_path.rglob("*.tmp*"))
 

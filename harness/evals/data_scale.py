@@ -167,9 +167,10 @@ def architecture(config: dict, arch_id: str) -> dict:
 
 
 def _t975(n: int) -> float:
-    """Student's t quantile for a 95% two-sided interval with n - 1 degrees of freedom."""
-    table = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
-    return table.get(n, 1.96)
+    """Student's t quantile for a 95% two-sided interval over n seeds (n - 1 degrees of freedom)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1))
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
