@@ -1,13 +1,14 @@
 """The full profile's scale plan, in measured numbers: every figure is a rate measured here (or read from a GPU
 benchmark table this project's code wrote) times a size.
 
-    python -m harness plan [--out results] [--gpu-bench PATH/bench_models.csv] [--quick]
+    python -m harness plan [--out results] [--gpu-bench results/gpu/bench_models.csv] [--quick]
 
 Rates measured on this machine: JPEG decode + resize + crop images/s on one core (rehearsal JPEGs of ImageNet's
 sizes); the forward images/s of each full-profile image tower; the text tower's texts/s; the feature-cache bytes
 per image; the linear probe's seconds per L-BFGS evaluation at 1,000 classes as N and D grow; a training step of
-each data-scale full-profile architecture. GPU rates come from a bench_models.csv written by
-`python -m harness bench --device cuda` (image towers only): where no GPU rate was measured, the plan says so.
+each data-scale full-profile architecture. GPU rates come only from this repository's own results: the
+bench_models.csv that `python -m harness gpu-check` (or `bench --device cuda`) wrote under results/ (by default
+results/gpu/bench_models.csv; image towers only). Where no GPU rate was measured, the plan says "not measured".
 """
 
 from __future__ import annotations
@@ -132,18 +133,20 @@ def train_rates() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+GPU_BENCH = results.REPO_ROOT / "results" / "gpu" / "bench_models.csv"
+
+
 def read_bench_table(path: Path) -> tuple[pd.DataFrame, str]:
-    """A bench_models table as written by `python -m harness bench`: its .csv, or the first table of its .md
-    (device from the title)."""
-    if path.suffix == ".csv":
-        df = pd.read_csv(path)
-        return df, str(df["device"].iloc[0])
-    lines = path.read_text().splitlines()
-    device = lines[0].rpartition("(")[2].rstrip(")") if lines and "(" in lines[0] else "GPU"
-    table = [ln for ln in lines if ln.startswith("|")]
-    end = next((i for i in range(2, len(table)) if table[i].startswith("| harness_version")), len(table))
-    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[:end]]
-    return pd.DataFrame(cells[2:], columns=cells[0]), device
+    """A bench_models.csv written by this repository's code under results/, and the device it names. A table from
+    anywhere else is refused: the plan's GPU figures are this repository's own measurements or none."""
+    from .suite import ConfigError
+
+    path, own = Path(path).resolve(), (results.REPO_ROOT / "results").resolve()
+    if not path.is_relative_to(own) or path.suffix != ".csv":
+        raise ConfigError(f"--gpu-bench {path}: the GPU rates must come from a bench_models.csv under {own} "
+                          "(written by python -m harness gpu-check or bench --device cuda in this repository)")
+    df = pd.read_csv(path)
+    return df, str(df["device"].iloc[0])
 
 
 def _fmt_time(seconds: float) -> str:
@@ -167,11 +170,13 @@ def plan(quick: bool = False, gpu_bench: Path | None = None) -> tuple[pd.DataFra
     probe = probe_rates(quick)
     ns_ndc = float(probe["ns_per_NDC"].median())
     train = train_rates()
-    gpu, gpu_device = {}, None
+    gpu, gpu_device, twin_ratio = {}, None, None
     if gpu_bench is not None:
-        g, gpu_device = read_bench_table(Path(gpu_bench))
-        g = g[g["implementation"] == "library"]
+        table, gpu_device = read_bench_table(Path(gpu_bench))
+        g = table[table["implementation"] == "library"]
         gpu = dict(zip(g["model"], g["images_per_s"].astype(float)))
+        fused = table[table["implementation"] == "reference (fused)"]["ratio_to_library"].astype(float)
+        twin_ratio = (fused.min(), fused.max()) if len(fused) else None
     gpu_name = {"vit_base_patch16_224.augreg_in21k": "vit_base_patch16_224", "ViT-B-32": "ViT-B-32",
                 "ViT-L-14": "ViT-L-14"}
     rows = []
@@ -184,17 +189,17 @@ def plan(quick: bool = False, gpu_bench: Path | None = None) -> tuple[pd.DataFra
             decode_s = n / (decode * cores)  # decoding in DataLoader workers, one per core
             cpu_s = n / t["cpu_images_per_s"] + decode_s  # decoding competes with the model for the same cores
             g_rate = gpu.get(gpu_name.get(t["model"], ""), float("nan"))
-            h100_s = max(n / g_rate, n / (decode * 16))  # the GPU machine: 16 cores decoding
+            gpu_s = max(n / g_rate, n / (decode * 16))  # the GPU machine: 16 cores decoding
             rows.append({"stage": f"{suite}: features of {t['model']}" + (" + reference" if passes == 2 else ""),
                          "size": f"{n:,} images", "rate": f"{t['cpu_images_per_s']:.1f} img/s CPU forward; "
                          f"{decode:.0f} img/s/core decode" + (f"; {g_rate:,.0f} img/s GPU" if g_rate == g_rate else ""),
-                         "cpu_seconds": cpu_s, "h100_seconds": h100_s, "h100x8_seconds": h100_s / 8,
+                         "cpu_seconds": cpu_s, "gpu_seconds": gpu_s, "gpu_x8_seconds": gpu_s / 8,
                          "disk_bytes": n * feature_bytes(int(t["feature_dim"])) if suite == "linear_probe" else 0.0})
     # zero-shot classifiers: 80 templates × 1,000 classes through each open_clip text tower (twice with a twin)
     n_text = TEMPLATES * CLASSES * 2 * 4
     rows.append({"stage": "zero_shot: classifiers (80 templates × 1,000 classes, 4 models + twins)",
                  "size": f"{n_text:,} texts", "rate": f"{texts:.0f} texts/s CPU (ViT-B-32's text tower)",
-                 "cpu_seconds": n_text / texts, "h100_seconds": float("nan"), "h100x8_seconds": float("nan"),
+                 "cpu_seconds": n_text / texts, "gpu_seconds": float("nan"), "gpu_x8_seconds": float("nan"),
                  "disk_bytes": 0.0})
     # the probe, per model and twin: a λ sweep (11 fits × ≤ 200 steps on a sample of 100,000 images, the full
     # profile's sweep_max_images) and a final fit on all of train (measured on the default profile: ~430 steps,
@@ -204,8 +209,8 @@ def plan(quick: bool = False, gpu_bench: Path | None = None) -> tuple[pd.DataFra
         seconds = probes * ns_ndc * 1e-9 * d * CLASSES * (11 * 200 * 100_000 + 430 * 1.5 * TRAIN)
         rows.append({"stage": f"linear_probe: probe of {t['model']}" + (" + reference" if probes == 2 else ""),
                      "size": f"{TRAIN:,} × {d:,} × {CLASSES:,}", "rate": f"{ns_ndc:.3f} ns per N·D·C per step "
-                     "(CPU, float32)", "cpu_seconds": seconds, "h100_seconds": float("nan"),
-                     "h100x8_seconds": float("nan"), "disk_bytes": 0.0})
+                     "(CPU, float32)", "cpu_seconds": seconds, "gpu_seconds": float("nan"),
+                     "gpu_x8_seconds": float("nan"), "disk_bytes": 0.0})
     # data_scale full: ImageNet-100 decoded once at 64×64, 3 seeds × 7 sizes × 2 architectures + timm's ViT
     from .suite import load_suite
 
@@ -219,32 +224,36 @@ def plan(quick: bool = False, gpu_bench: Path | None = None) -> tuple[pd.DataFra
         rows.append({"stage": f"data_scale: training {r['architecture']} (all sizes × 3 seeds)",
                      "size": f"{steps[r['architecture']]:,} steps of 256", "rate":
                      f"{r['cpu_steps_per_s']:.2f} steps/s CPU", "cpu_seconds": steps[r["architecture"]] /
-                     r["cpu_steps_per_s"], "h100_seconds": float("nan"), "h100x8_seconds": float("nan"),
+                     r["cpu_steps_per_s"], "gpu_seconds": float("nan"), "gpu_x8_seconds": float("nan"),
                      "disk_bytes": 0.0})
     rows.append({"stage": "data_scale: decode ImageNet-100 once at 64×64", "size": "135,000 images",
                  "rate": f"{decode:.0f} img/s/core", "cpu_seconds": 135_000 / (decode * cores),
-                 "h100_seconds": 135_000 / (decode * 16), "h100x8_seconds": 135_000 / (decode * 16),
+                 "gpu_seconds": 135_000 / (decode * 16), "gpu_x8_seconds": 135_000 / (decode * 16),
                  "disk_bytes": 0.0})
     stages = pd.DataFrame(rows)
     rates = {"Image towers: forward images/s (float32, batch 8, 224×224)": towers,
              "Linear probe: seconds per objective evaluation (float32, blocks of 1,024 rows)": probe,
              "Data-scale full profile: training steps/s (batch 256, 64×64)": train}
     facts = {"cores": cores, "decode_per_core": decode, "jpeg_bytes": jpeg_bytes, "texts_per_s": texts,
-             "ns_per_NDC": ns_ndc, "gpu_source": str(gpu_bench) if gpu else None, "gpu_device": gpu_device}
+             "ns_per_NDC": ns_ndc, "gpu_source": str(gpu_bench) if gpu else None, "gpu_device": gpu_device,
+             "twin_ratio": twin_ratio}
     return stages, rates, facts
 
 
 def write(out: Path, quick: bool = False, gpu_bench: Path | None = None) -> Path:
     stages, rates, facts = plan(quick, gpu_bench)
-    total = {c: stages[c].sum(min_count=1) for c in ("cpu_seconds", "h100_seconds", "h100x8_seconds")}
-    show = stages.assign(**{c: stages[c].map(_fmt_time) for c in ("cpu_seconds", "h100_seconds", "h100x8_seconds")},
+    total = {c: stages[c].sum(min_count=1) for c in ("cpu_seconds", "gpu_seconds", "gpu_x8_seconds")}
+    show = stages.assign(**{c: stages[c].map(_fmt_time) for c in ("cpu_seconds", "gpu_seconds", "gpu_x8_seconds")},
                          disk=stages["disk_bytes"].map(lambda b: f"{b / 2**30:.1f} GiB" if b else ""))
     prov = results.provenance({"quick": quick, "gpu_bench": str(gpu_bench)}, "cpu", 0)
-    gpu_line = (f"GPU rates: the `library` rows of {facts['gpu_source']} ({facts['gpu_device']}, bfloat16, "
-                "`python -m harness bench --device cuda`); the reference twin is taken to run at the library's rate "
-                "(measured there at 1.07-1.31×). Rows without a GPU rate say `not measured`: no GPU was lent to this "
-                "session, and bench measures image towers only." if facts["gpu_source"] else
-                "No GPU benchmark table was given (--gpu-bench): the GPU columns are not measured.")
+    twin = facts["twin_ratio"]
+    source = Path(facts["gpu_source"]).resolve().relative_to(results.REPO_ROOT) if facts["gpu_source"] else None
+    gpu_line = (f"GPU rates: the `library` rows of {source} ({facts['gpu_device']}, bfloat16, written by this "
+                "repository's `python -m harness bench --device cuda`); the reference twin is taken to run at the "
+                "library's rate" + (f" (its fused path measured there at {twin[0]:.2f}-{twin[1]:.2f}×)" if twin else "")
+                + ". Rows without a GPU rate say `not measured`: bench measures image towers only." if source else
+                "No GPU benchmark table of this repository's (results/gpu/bench_models.csv): the GPU columns are "
+                "not measured.")
     md = [
         "# The full profile at real scale: a plan in measured numbers", "",
         f"Sizes: ImageNet-1k, {TRAIN:,} training and {VAL:,} validation images, {CLASSES:,} classes, "
@@ -262,10 +271,11 @@ def write(out: Path, quick: bool = False, gpu_bench: Path | None = None) -> Path
         "the zero-shot classifier are computed by every rank (no ÷8); data_scale splits its 45 training runs by "
         "unit.", "",
         "## Expected wall time and disk, by stage", "",
-        results.to_markdown(show, ["stage", "size", "rate", "cpu_seconds", "h100_seconds", "h100x8_seconds", "disk"]),
-        f"**Totals** (measured stages only): CPU {_fmt_time(total['cpu_seconds'])}; one H100 "
-        f"{_fmt_time(total['h100_seconds'] or float('nan'))} of the stages with a GPU rate; eight H100s "
-        f"{_fmt_time(total['h100x8_seconds'] or float('nan'))} of those. Disk for cached features: "
+        results.to_markdown(show, ["stage", "size", "rate", "cpu_seconds", "gpu_seconds", "gpu_x8_seconds", "disk"]),
+        f"**Totals** (measured stages only): CPU {_fmt_time(total['cpu_seconds'])}; one GPU "
+        f"({facts['gpu_device'] or 'none measured'}) "
+        f"{_fmt_time(total['gpu_seconds'] or float('nan'))} of the stages with a GPU rate; eight of them "
+        f"{_fmt_time(total['gpu_x8_seconds'] or float('nan'))} of those. Disk for cached features: "
         f"{stages['disk_bytes'].sum() / 2**30:.0f} GiB (float32).", "",
         "## What does not scale, and what changed", "",
         "- The probe's full-batch L-BFGS: a float64 copy of 1.28M × 1,024 features is 10 GiB. Now the features stay "
@@ -292,7 +302,9 @@ def write(out: Path, quick: bool = False, gpu_bench: Path | None = None) -> Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness plan", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=results.REPO_ROOT / "results")
-    p.add_argument("--gpu-bench", type=Path, help="a bench_models.csv written on a GPU (python -m harness bench)")
+    p.add_argument("--gpu-bench", type=Path, default=GPU_BENCH if GPU_BENCH.exists() else None,
+                   help="a bench_models.csv under results/ written on a GPU by this repository (default: "
+                        "results/gpu/bench_models.csv when it exists)")
     p.add_argument("--quick", action="store_true", help="fewer models and sizes (a smoke run)")
     args = p.parse_args(argv)
     print(f"plan -> {write(args.out, args.quick, args.gpu_bench)}")

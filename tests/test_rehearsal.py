@@ -1,7 +1,10 @@
 """The full profile rehearsed: an ImageNet-shaped tree of 1,000 real WordNet ids and library-format checkpoints
-(written by `python -m harness rehearsal`), then the full profile of every suite through --overrides, unchanged
-but for models shrunk with --set so that a CPU gets through (1,000 classes × 80 templates is zero-shot's real
-shape)."""
+(written by `python -m harness rehearsal`), then the full profile of every suite through --overrides, with the
+changes harness.rehearsal.SMALL_MODELS makes so that a CPU gets through: models shrunk, fewer models (agreement:
+one timm ViT and ViT-S-32; the linear probe: a one-block ViT-B/16 and ViT-B-32; zero-shot: ViT-B-32), agreement in
+float32 only, on 2 inputs and one attention shape, data_scale at one size, one seed and two steps, smaller batches
+and fewer workers. The data's shape stays the real one: 1,000
+classes × 80 templates for zero-shot."""
 
 import io
 import json
