@@ -318,7 +318,7 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
         out.append(Table("agreement_power", power, "The power of each family of verdict row, by dtype",
                          "the smallest relative error each family of agreement row is sure to catch, by dtype "
                          "(largest power over the family's rows): " + _power_line(power),
-                         None, POWER_NOTE))
+                         ["family", "dtype", "rows", "max_power", "median_power", "failing"], POWER_NOTE))
     attn = df[df["check"] == "attention"].reset_index(drop=True)
     if len(attn):
         out.append(Table("agreement_attention", attn, "Agreement of attention alone",
