@@ -1,19 +1,19 @@
 """vitclip-harness: reference attention, ViT and CLIP, checked against timm and open_clip."""
 
-from .compare import compare  # noqa: E402  (the function; the module is harness.compare in sys.modules)
 from .convert import from_open_clip, from_timm, to_open_clip
-from .linear_probe import linear_probe  # the function, beside zero_shot_classifier
+from .methods.classifier import zero_shot_classifier
+from .methods.probe import linear_probe  # the function, beside zero_shot_classifier
 from .reference import (
-    CLIP,
-    CLIPConfig,
-    CLIPTextConfig,
-    MultiHeadAttention,
-    ViT,
-    ViTConfig,
-    clip_loss,
-    scaled_dot_product_attention,
+           CLIP,
+           CLIPConfig,
+           CLIPTextConfig,
+           MultiHeadAttention,
+           ViT,
+           ViTConfig,
+           clip_loss,
+           scaled_dot_product_attention,
 )
-from .zero_shot import zero_shot_classifier
+from .tools.compare import compare  # noqa: E402  (the function; the module is harness.compare in sys.modules)
 
 __version__ = "0.1.0"
 __all__ = ["CLIP", "CLIPConfig", "CLIPTextConfig", "MultiHeadAttention", "ViT", "ViTConfig", "clip_loss", "compare",

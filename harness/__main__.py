@@ -2,7 +2,7 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from .cli import main
+from .tools.cli import main
 
 # record: under torchrun, a rank's exception (with its traceback) goes into torchrun's failure report
 sys.exit(record(main)())

@@ -15,19 +15,19 @@ EVALUATOR = "agreement"
 
 # The timm VisionTransformer configurations the converter covers (issue 2 lists them).
 MODELS = [
-    "vit_tiny_patch16_224",
-    "vit_small_patch16_224",
-    "vit_base_patch16_224",
-    "vit_large_patch16_224",
-    "vit_base_patch32_224",
-    "deit_tiny_patch16_224",
-    "deit_small_patch16_224",
-    "deit_base_patch16_224",
-    "vit_base_patch16_384",
-    "vit_base_patch16_gap_224",
+    "timm:vit_tiny_patch16_224",
+    "timm:vit_small_patch16_224",
+    "timm:vit_base_patch16_224",
+    "timm:vit_large_patch16_224",
+    "timm:vit_base_patch32_224",
+    "timm:deit_tiny_patch16_224",
+    "timm:deit_small_patch16_224",
+    "timm:deit_base_patch16_224",
+    "timm:vit_base_patch16_384",
+    "timm:vit_base_patch16_gap_224",
     # the ViT paper's hybrids: a ResNet-v2 stem's feature map as the patches (the stem alone; R26 + ViT-S)
-    "vit_tiny_r_s16_p8_224",
-    "vit_small_r26_s32_224",
+    "timm:vit_tiny_r_s16_p8_224",
+    "timm:vit_small_r26_s32_224",
 ]
 
 
@@ -42,13 +42,15 @@ CAPTIONS = ["a photo of an astronaut.", "a photo of a cat.", "a cup of coffee.",
 def get_config(profile: str) -> dict:
     config = {
         "models": MODELS,
-        "gradient_models": ["vit_tiny_patch16_224", "vit_tiny_r_s16_p8_224"],
-        "weights": "random",  # timm's initialisation after torch.manual_seed(seed)
-        "weight_files": {},  # model name -> local checkpoint file, overriding `weights`
+        "gradient_models": ["timm:vit_tiny_patch16_224", "timm:vit_tiny_r_s16_p8_224"],
+        # the ViTs' weights where a model's own declaration names none (harness.models: a dict with "weights"
+        # names a file): "random", timm's initialisation after torch.manual_seed(seed), or "pretrained"
+        "weights": "random",
         "photos": ["astronaut"],  # real photographs, through each model's preprocessing
         "random_inputs": 1,  # plus this many standard-normal tensors
         "dtypes": ["float64", "float32", "bfloat16", "float16"],
-        # bfloat16/float16 on a CPU (~16x slower than float32 there): attention alone, the loss and these models;
+        # bfloat16/float16 on a CPU (~16x slower than float32 there): attention alone, the loss and these models (by
+        # id);
         # on a GPU every model. Of the CLIPs, the smallest: with 32 image–text pairs its unit takes ~110 s on one
         # core, ViT-M-32's 185 s and ViT-B-32-quickgelu's 270 s (those two, whose low-precision rows failed on the
         # first H100 run under the earlier rule, passed on an H200 on 2026-11-29: results/gpu/).
@@ -63,13 +65,13 @@ def get_config(profile: str) -> dict:
     }
     config["clip"] = {
         # open_clip ViT CLIPs with the bundled BPE tokenizer; the full profile adds the rest
-        "models": ["ViT-S-32", "ViT-B-32", "ViT-M-32", "ViT-B-32-quickgelu"],
-        "gradient_models": ["ViT-S-32"],
-        "timm_towers": {"ViT-B-32": "vit_base_patch32_clip_224"},  # open_clip vs timm vs reference
-        "weights": {},  # model -> pretrained tag ("openai", "laion2b_s34b_b79k") or a local checkpoint file
+        "models": ["open_clip:ViT-S-32", "open_clip:ViT-B-32", "open_clip:ViT-M-32", "open_clip:ViT-B-32-quickgelu"],
+        "gradient_models": ["open_clip:ViT-S-32"],
+        # open_clip vs timm vs reference: {id of a model in clip.models: timm's CLIP tower}
+        "timm_towers": {"ViT-B-32": "timm:vit_base_patch32_clip_224"},
         "tokenizer": "ViT-B-32",
         # 32 image–text pairs: 32 × 32 logits and 64 loss terms, the fewest a low-precision row judges
-        # (harness.numerics.MIN_ELEMENTS)
+        # (harness.methods.numerics.MIN_ELEMENTS)
         "photos": ["astronaut", "chelsea", "coffee", "rocket", "china", "flower"],
         "random_inputs": 26,
         "captions": CAPTIONS,
@@ -85,10 +87,11 @@ def get_config(profile: str) -> dict:
                       random_inputs=2)
         config["attention"] = {**config["attention"], "seq_lens": [7, 50, 197, 577, 1024], "heads": [1, 2, 4, 8, 16]}
         config["clip"].update(
-            models=["ViT-S-16", "ViT-S-32", "ViT-M-16", "ViT-M-32", "ViT-B-32", "ViT-B-16", "ViT-L-14",
-                    "ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "ViT-L-14-quickgelu"],
-            timm_towers={"ViT-B-32": "vit_base_patch32_clip_224", "ViT-B-16": "vit_base_patch16_clip_224"},
-            weights={"ViT-B-32": "openai", "ViT-B-16": "openai", "ViT-L-14": "openai",
-                     "ViT-B-32-quickgelu": "openai", "ViT-B-16-quickgelu": "openai", "ViT-L-14-quickgelu": "openai"},
+            models=["open_clip:ViT-S-16", "open_clip:ViT-S-32", "open_clip:ViT-M-16", "open_clip:ViT-M-32",
+                    "open_clip:ViT-B-32/openai", "open_clip:ViT-B-16/openai", "open_clip:ViT-L-14/openai",
+                    "open_clip:ViT-B-32-quickgelu/openai", "open_clip:ViT-B-16-quickgelu/openai",
+                    "open_clip:ViT-L-14-quickgelu/openai"],
+            timm_towers={"ViT-B-32/openai": "timm:vit_base_patch32_clip_224",
+                         "ViT-B-16/openai": "timm:vit_base_patch16_clip_224"},
             photos=["astronaut", "chelsea", "coffee", "rocket", "china", "flower"], random_inputs=26)
     return config

@@ -29,8 +29,9 @@ HYBRID = dict(image_size=28, patch_size=1, in_chans=1, num_classes=10, width=64,
 # tested on its 5,000 validation images. A ViT-S-sized model with patch 8 (64 tokens) against a ResNet of similar
 # compute. Decoding the images once takes minutes with 16 workers; the 3 × 2 × 7 training runs take hours.
 FULL = {
-    "data": {"name": "imagenet", "imagenet_dir": None, "test_split": "validation", "classes": 100, "image_size": 64,
-             "test_per_class": 50, "subset_seed": 0, "workers": 16},
+    # a harness.data declaration: ImageNet from $VITCLIP_IMAGENET_DIR, a root (ImageFolder layout) or the hub cache
+    "data": {"name": "imagenet", "root": None, "classes": 100, "image_size": 64, "test_per_class": 50,
+             "subset_seed": 0, "workers": 16},
     "sizes_per_class": [13, 26, 65, 130, 260, 650, 1300],
     "seeds": [0, 1, 2],
     "architectures": [

@@ -14,58 +14,53 @@ EVALUATOR = "linear_probe"
 
 # Random-init models sized for 28×28 Fashion-MNIST on a CPU. Random features are a floor, not a
 # pretrained result: what the default profile checks is the pipeline and the reference/library agreement.
-DEFAULT_MODELS = [
-    {"id": "vit_tiny_p4_d4_28", "library": "timm", "name": "vit_tiny_patch16_224",
+DEFAULT_MODELS = [  # harness.models declarations
+    {"id": "vit_tiny_p4_d4_28", "model": "timm:vit_tiny_patch16_224",
      "kwargs": {"img_size": 28, "patch_size": 4, "depth": 4}, "data_cfg": {"input_size": [3, 28, 28], "crop_pct": 1.0},
      "with_reference": True},
-    {"id": "resnet18_32", "library": "timm", "name": "resnet18",
-     "data_cfg": {"input_size": [3, 32, 32], "crop_pct": 1.0}},
+    {"id": "resnet18_32", "model": "timm:resnet18", "data_cfg": {"input_size": [3, 32, 32], "crop_pct": 1.0}},
     # the models the data-scale suite trained on 12,000 Fashion-MNIST images (seed 0)
-    {"id": "data_scale_vit", "library": "data_scale", "unit": "vit_reference:1200:0"},
-    {"id": "data_scale_resnet", "library": "data_scale", "unit": "resnet_small:1200:0"},
-    {"id": "clip_vit_s16_32", "library": "open_clip", "name": "ViT-S-16", "kwargs": {"force_image_size": 32},
+    {"id": "data_scale_vit", "model": "data_scale:vit_reference:1200:0"},
+    {"id": "data_scale_resnet", "model": "data_scale:resnet_small:1200:0"},
+    {"id": "clip_vit_s16_32", "model": "open_clip:ViT-S-16", "kwargs": {"force_image_size": 32},
      "with_reference": True},
 ]
 
 # Pretrained models on ImageNet; published linear-probe top-1 from the CLIP paper (Radford et al., 2021, Table 10).
 FULL_MODELS = [
-    {"id": "vit_base_patch16_224.augreg_in21k", "library": "timm", "name": "vit_base_patch16_224.augreg_in21k",
-     "weights": "pretrained", "with_reference": True},
-    {"id": "resnet50.a1_in1k", "library": "timm", "name": "resnet50.a1_in1k", "weights": "pretrained"},
-    {"id": "ViT-B-32/openai", "library": "open_clip", "name": "ViT-B-32", "weights": "openai",
-     "with_reference": True},
-    {"id": "ViT-B-16/openai", "library": "open_clip", "name": "ViT-B-16", "weights": "openai",
-     "with_reference": True},
-    {"id": "ViT-L-14/openai", "library": "open_clip", "name": "ViT-L-14", "weights": "openai"},
+    {"model": "timm:vit_base_patch16_224.augreg_in21k", "weights": "pretrained", "with_reference": True},
+    {"model": "timm:resnet50.a1_in1k", "weights": "pretrained"},
+    {"model": "open_clip:ViT-B-32/openai", "with_reference": True},
+    {"model": "open_clip:ViT-B-16/openai", "with_reference": True},
+    "open_clip:ViT-L-14/openai",
 ]
 CLIP_PAPER = "CLIP paper (arXiv:2103.00020) Table 10, ImageNet linear probe"
-PUBLISHED = {
+PUBLISHED = {"imagenet": {  # data set -> model id -> the published numbers beside its row
     "ViT-B-32/openai": {"published_top1": 76.1, "published_source": CLIP_PAPER},
     "ViT-B-16/openai": {"published_top1": 80.2, "published_source": CLIP_PAPER},
     "ViT-L-14/openai": {"published_top1": 83.9, "published_source": CLIP_PAPER},
-}
+}}
 
 
 def get_config(profile: str) -> dict:
     if profile == "full":
-        return {"data": {"name": "imagenet", "train_split": "train", "test_split": "validation",
-                         "imagenet_dir": None},  # or a folder in ImageFolder layout; $VITCLIP_IMAGENET_DIR also works
-                "models": FULL_MODELS, "published": PUBLISHED, "batch_size": 256, "val_fraction": 0.1,
-                # the λ sweep on 100,000 of the 1.15M fit images, its choice carried over at fixed C = 1/(λN)
-                "sweep_max_images": 100_000,
-                # harness.catalog's data sets; more: --set 'datasets=["imagenet","cifar10","food101",...]'
-                "datasets": ["imagenet"], "dataset_roots": {},
-                # JPEGs decoded in 8 DataLoader workers; "autocast": "bfloat16" runs the encoders under autocast
-                "workers": 8}
+        return {
+            # harness.data declarations; ImageNet from $VITCLIP_IMAGENET_DIR, a root ({"name": "imagenet", "root":
+            # "/data/imagenet"}: ImageFolder layout) or the hub cache; more: --set 'datasets=["imagenet","cifar10",
+            # "food101",{"name":"imagefolder:/data/x","classnames":"names.txt"}]'
+            "datasets": ["imagenet"],
+            "models": FULL_MODELS, "published": PUBLISHED, "batch_size": 256, "val_fraction": 0.1,
+            # the λ sweep on 100,000 of the 1.15M fit images, its choice carried over at fixed C = 1/(λN)
+            "sweep_max_images": 100_000,
+            # JPEGs decoded in 8 DataLoader workers; "autocast": "bfloat16" runs the encoders under autocast
+            "workers": 8}
     return {
         # 500 training and 500 test images per class (5,000 of 60,000 and 5,000 of 10,000), balanced and
-        # drawn with the seed: sized to run in about 6 minutes on 2 CPU cores
-        "data": {"name": "fashion_mnist", "train_split": "train", "test_split": "test", "train_per_class": 500,
-                 "test_per_class": 500},
+        # drawn with the seed: sized to run in about 6 minutes on 2 CPU cores. Any harness.data declarations probe
+        # on those instead (one row each per model, and the mean)
+        "datasets": [{"name": "fashion_mnist", "train_per_class": 500, "test_per_class": 500}],
         "models": DEFAULT_MODELS,
         "published": {},
-        # empty: the data set above; harness.catalog names to probe on those instead (one row each, and the mean)
-        "datasets": [], "dataset_roots": {},
         "batch_size": 500,
         "val_fraction": 0.1,
         "notes": "Default profile: random-init weights (seed 0) and the data-scale suite's trained models "

@@ -31,28 +31,25 @@ CLIP_MODEL = {
     "text": {"context_length": 16, "width": 64, "depth": 2, "heads": 4, "mlp_dim": 128},
 }
 
-# published numbers per data set: harness.catalog (open_clip docs/openclip_results.csv)
+# published numbers per data set: harness.data.catalog (open_clip docs/openclip_results.csv)
 OPEN_CLIP_RESULTS = "open_clip results table (docs/openclip_results.csv): zero-shot top-1, retrieval score"
-FULL_MODELS = [
-    {"id": "ViT-B-32/openai", "library": "open_clip", "name": "ViT-B-32", "weights": "openai",
-     "with_reference": True},
-    {"id": "ViT-B-32/laion2b_s34b_b79k", "library": "open_clip", "name": "ViT-B-32", "weights": "laion2b_s34b_b79k",
-     "with_reference": True},
-    {"id": "ViT-B-16/openai", "library": "open_clip", "name": "ViT-B-16", "weights": "openai",
-     "with_reference": True},
-    {"id": "ViT-L-14/openai", "library": "open_clip", "name": "ViT-L-14", "weights": "openai",
-     "with_reference": True},
+FULL_MODELS = [  # harness.models declarations
+    {"model": "open_clip:ViT-B-32/openai", "with_reference": True},
+    {"model": "open_clip:ViT-B-32/laion2b_s34b_b79k", "with_reference": True},
+    {"model": "open_clip:ViT-B-16/openai", "with_reference": True},
+    {"model": "open_clip:ViT-L-14/openai", "with_reference": True},
 ]
 
 
 def get_config(profile: str) -> dict:
     if profile == "full":
         return {
-            "data": {"name": "imagenet", "split": "validation", "imagenet_dir": None},  # or $VITCLIP_IMAGENET_DIR
-            # harness.catalog's data sets (ImageNet: open_clip's 1,000 names, OpenAI's 80 templates); CLIP_benchmark's
-            # set: --set 'datasets=["imagenet","cifar10","cifar100","food101","pets","flowers102","stl10","dtd",
-            # "eurosat","mnist","flickr30k","mscoco"]', local copies by --set 'dataset_roots={"cifar10": "/data/c10"}'
-            "datasets": ["imagenet"], "dataset_roots": {},
+            # harness.data declarations (ImageNet: open_clip's 1,000 names, OpenAI's 80 templates; from
+            # $VITCLIP_IMAGENET_DIR, {"name": "imagenet", "root": ...} or the hub cache). CLIP_benchmark's set:
+            # --set 'datasets=["imagenet","cifar10","cifar100","food101","pets","flowers102","stl10","dtd",
+            # "eurosat","mnist","flickr30k","mscoco"]', a local copy as {"name": "cifar10", "root": "/data/c10"},
+            # your own as {"name": "imagefolder:/data/x", "classnames": "names.txt", "templates": "t.json"}
+            "datasets": ["imagenet"],
             "models": FULL_MODELS, "published_source": OPEN_CLIP_RESULTS, "batch_size": 256,
             "workers": 8,  # JPEGs decoded in 8 DataLoader workers; "autocast": "bfloat16" for the encoders
         }
@@ -73,8 +70,10 @@ def get_config(profile: str) -> dict:
         },
         # the linear probe beside zero-shot: same image tower, 500 training images per class
         "probe": {"train_per_class": 500, "val_fraction": 0.1},
-        # open_clip models to evaluate beside the self-trained CLIP (none by default), on harness.catalog's data
-        # sets (--set 'models=[...]' --set 'datasets=["cifar10"]'); empty: the data set above
-        "models": [], "datasets": [], "dataset_roots": {},
+        # the CLIP the profile trains (above) is "zero_shot:clip_fmnist": evaluated with held-out templates, by
+        # retrieval and by a linear probe. Any CLIP-like models (harness.models) instead, on harness.data's data
+        # sets: --set 'models=["open_clip:ViT-B-32"]' --set 'datasets=["cifar10"]' (no training then); no data
+        # sets: the one above, with its class names and held-out templates
+        "models": ["zero_shot:clip_fmnist"], "datasets": [],
         "batch_size": 500,
     }

@@ -1,4 +1,4 @@
-"""harness.catalog: every data set loaded offline from a small copy written here in the hub's own layout (parquet
+"""harness.data.catalog: every data set loaded offline from a small copy written here in the hub's own layout (parquet
 files named like the hub's, the same columns and features), and the suites' rows per data set and their mean."""
 
 import datasets
@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import catalog
+from harness.data import catalog
 from harness.evals import linear_probe as lp_eval
 from harness.evals import zero_shot as zs_eval
-from harness.models import load_open_clip
-from harness.suite import ConfigError, Context
+from harness.infra.suite import ConfigError, Context
+from harness.models.open_clip import create as load_open_clip
 
 CLASSIFICATION = [n for n, s in catalog.CATALOG.items()
                   if s.task == "classification" and n not in ("imagenet", "fashion_mnist")]
@@ -21,7 +21,7 @@ RETRIEVAL = [n for n, s in catalog.CATALOG.items() if s.task == "retrieval"]
 
 def write_copy(root, name, per_class=2, size=24):
     """A few real-looking rows of data set `name` in the hub's parquet layout (plain_text/<split>-00000-of-00001)."""
-    s = catalog.spec(name)
+    s = catalog.entry(name)
     rng = np.random.default_rng(0)
     n_classes = len(s.classnames) if s.classnames else 3
     if s.task == "retrieval":
@@ -51,7 +51,7 @@ def write_copy(root, name, per_class=2, size=24):
 @pytest.mark.parametrize("name", CLASSIFICATION)
 def test_classification_set_loads_from_a_local_copy(name, tmp_path):
     write_copy(tmp_path / name, name)
-    s = catalog.spec(name)
+    s = catalog.entry(name)
     for role in s.splits:
         data = catalog.load(name, role, tmp_path / name)
         n_classes = len(s.classnames) if s.classnames else 3
@@ -66,7 +66,7 @@ def test_classification_set_loads_from_a_local_copy(name, tmp_path):
 def test_retrieval_set_loads_from_a_local_copy(name, tmp_path):
     write_copy(tmp_path / name, name)
     r = catalog.load_retrieval(name, tmp_path / name)
-    kept = 3 if catalog.spec(name).filter else 4  # Flickr30k: the rows of its test split only
+    kept = 3 if catalog.entry(name).filter else 4  # Flickr30k: the rows of its test split only
     assert len(r.data) == kept and len(r.captions) == 2 * kept
     assert r.caption_image == [i for i in range(kept) for _ in range(2)]
 
@@ -76,7 +76,7 @@ def test_hub_path_offline_names_the_fix(monkeypatch):
     with pytest.raises(FileNotFoundError, match="uoft-cs/cifar10.*HF_DATASETS_OFFLINE=0.*local copy"):
         catalog.load("cifar10", "test")
     with pytest.raises(ConfigError, match="unknown data set 'cifar11' \\(did you mean cifar10"):
-        catalog.spec("cifar11")
+        catalog.entry("cifar11")
 
 
 def test_catalog_covers_the_issue_list():
@@ -91,9 +91,9 @@ def test_zero_shot_rows_per_data_set_and_the_mean(tmp_path):
         write_copy(tmp_path / name, name, size=32)
     weights = tmp_path / "s32.pt"
     torch.save(load_open_clip("ViT-S-32", "random", seed=1, force_image_size=32).state_dict(), weights)
-    config = {"data": {"name": "imagenet", "split": "validation"}, "datasets": ["cifar10", "mnist", "flickr30k"],
-              "dataset_roots": {n: str(tmp_path / n) for n in ("cifar10", "mnist", "flickr30k")}, "batch_size": 8,
-              "models": [{"id": "s32", "library": "open_clip", "name": "ViT-S-32", "weights": str(weights),
+    config = {"datasets": [{"name": n, "root": str(tmp_path / n)} for n in ("cifar10", "mnist", "flickr30k")],
+              "batch_size": 8,
+              "models": [{"id": "s32", "model": "open_clip:ViT-S-32", "weights": str(weights),
                           "kwargs": {"force_image_size": 32}, "with_reference": True}]}
     ctx = Context(device=torch.device("cpu"), cache_dir=tmp_path / "cache")
     zs_eval.validate(config, ctx)
@@ -116,10 +116,9 @@ def test_zero_shot_rows_per_data_set_and_the_mean(tmp_path):
 def test_linear_probe_rows_per_data_set(tmp_path):
     for name in ("cifar10", "eurosat"):
         write_copy(tmp_path / name, name, per_class=4, size=16)
-    config = {"data": {"name": "cifar10"}, "datasets": ["cifar10", "eurosat"],
-              "dataset_roots": {n: str(tmp_path / n) for n in ("cifar10", "eurosat")}, "batch_size": 16,
+    config = {"datasets": [{"name": n, "root": str(tmp_path / n)} for n in ("cifar10", "eurosat")], "batch_size": 16,
               "val_fraction": 0.25,
-              "models": [{"id": "vit", "library": "timm", "name": "vit_tiny_patch16_224",
+              "models": [{"id": "vit", "model": "timm:vit_tiny_patch16_224",
                           "kwargs": {"img_size": 16, "patch_size": 8, "depth": 1},
                           "data_cfg": {"input_size": [3, 16, 16], "crop_pct": 1.0}}]}
     ctx = Context(device=torch.device("cpu"), cache_dir=tmp_path / "cache")

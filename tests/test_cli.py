@@ -8,8 +8,8 @@ import textwrap
 import pandas as pd
 import pytest
 
-from harness import cli
-from harness.results import REPO_ROOT
+from harness.infra.results import REPO_ROOT
+from harness.tools import cli
 
 TINY_SUITE = '''
 """Agreement on the smallest model (test suite)."""
@@ -18,7 +18,8 @@ VERSION = 1
 EVALUATOR = "agreement"
 
 def get_config(profile):
-    return {"models": ["vit_tiny_patch16_224"], "gradient_models": ["vit_tiny_patch16_224"], "weights": "random",
+    return {"models": ["timm:vit_tiny_patch16_224"], "gradient_models": ["timm:vit_tiny_patch16_224"],
+            "weights": "random",
             "photos": ["astronaut"], "random_inputs": 1, "dtypes": ["float64", "float32"],
             "attention": {"batch": 2, "head_dim": 8, "seq_lens": [7], "heads": [1, 2], "masks": ["none", "padding"]}}
 '''

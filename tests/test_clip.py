@@ -11,7 +11,7 @@ from open_clip.loss import ClipLoss
 
 import harness
 from harness.convert import UnsupportedModelError
-from harness.models import load_open_clip
+from harness.models.open_clip import create as load_open_clip
 
 
 def rel(a, b):

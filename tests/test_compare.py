@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import harness
-from harness.compare import MappingError, compare, propose_mapping
-from harness.results import REPO_ROOT
+from harness.infra.results import REPO_ROOT
+from harness.tools.compare import MappingError, compare, propose_mapping
 
 DEPTH, DIM, HEADS, PATCH, SIZE = 3, 64, 4, 8, 32
 
@@ -245,7 +245,7 @@ def test_command_line_writes_the_report(tmp_path):
     (tmp_path / "my_candidates.py").write_text(textwrap.dedent(CANDIDATE_MODULE.format(tests=str(REPO_ROOT / "tests"))))
     kwargs = f'{{"img_size": {SIZE}, "patch_size": {PATCH}, "embed_dim": {DIM}, "depth": {DEPTH}, "num_heads": ' \
              f'{HEADS}, "num_classes": 10}}'
-    proc = subprocess.run([sys.executable, "-m", "harness", "compare", "--candidate", "my_candidates:build",
+    proc = subprocess.run([sys.executable, "-m", "harness", "compare", "--candidate", "python:my_candidates:build",
                            "--library", "timm:vit_tiny_patch16_224", "--library-kwargs", kwargs, "--out",
                            str(tmp_path / "cmp")], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": f"{REPO_ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin",
@@ -257,7 +257,7 @@ def test_command_line_writes_the_report(tmp_path):
     assert "First divergence" in (tmp_path / "cmp" / "compare.md").read_text()
     for extra, code in (([], 1), (["--allow-failures"], 0)):  # a backward-only bug fails the command too
         proc = subprocess.run([sys.executable, "-m", "harness", "compare", "--candidate",
-                               "my_candidates:build_backward", "--library", "timm:vit_tiny_patch16_224",
+                               "python:my_candidates:build_backward", "--library", "timm:vit_tiny_patch16_224",
                                "--library-kwargs", kwargs, *extra],
                               cwd=tmp_path, capture_output=True, text=True,
                               env={"PYTHONPATH": f"{REPO_ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin",

@@ -6,7 +6,7 @@ import torch
 
 import harness
 from harness.convert import ConversionError, UnsupportedModelError, convert_state_dict
-from harness.models import load_timm
+from harness.models.timm import create as load_timm
 
 SMALL = dict(img_size=32, depth=2)  # real timm architectures, shrunk so that the tests stay fast
 

@@ -6,13 +6,13 @@ import torch
 from PIL import Image
 
 from harness import data
-from harness.features import extract
-from harness.suite import ConfigError
+from harness.infra.suite import ConfigError
+from harness.methods.features import extract
 
 
 @pytest.fixture(scope="module")
 def fmnist_test():
-    return data.load_fashion_mnist("test")
+    return data.fashion_mnist.read("test")
 
 
 def test_fashion_mnist_from_debian_package(fmnist_test):
@@ -22,25 +22,25 @@ def test_fashion_mnist_from_debian_package(fmnist_test):
     assert fmnist_test.classnames[7] == "Sneaker"
     assert isinstance(fmnist_test.dataset.features["label"], datasets.ClassLabel)
     assert np.bincount(fmnist_test.labels).tolist() == [1000] * 10
-    image = data.to_pil(fmnist_test.dataset[0]["image"])
+    image = data.images.to_pil(fmnist_test.dataset[0]["image"])
     assert image.size == (28, 28) and image.mode == "RGB"  # grayscale becomes 3 channels
-    assert data.load_fashion_mnist("test").fingerprint == fmnist_test.fingerprint
+    assert data.fashion_mnist.read("test").fingerprint == fmnist_test.fingerprint
 
 
 def test_missing_fashion_mnist_names_the_package(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        data.load_fashion_mnist("test", root=tmp_path)
+        data.fashion_mnist.read("test", root=tmp_path)
     with pytest.raises(ValueError, match="splits 'train' and 'test'"):
-        data.load_fashion_mnist("validation")
+        data.fashion_mnist.read("validation")
 
 
 def test_balanced_subsets_are_nested_and_balanced(fmnist_test):
-    small = data.balanced_subset(fmnist_test.labels, 10, seed=0)
-    large = data.balanced_subset(fmnist_test.labels, 50, seed=0)
+    small = data.images.balanced_subset(fmnist_test.labels, 10, seed=0)
+    large = data.images.balanced_subset(fmnist_test.labels, 50, seed=0)
     assert np.bincount(fmnist_test.labels[small]).tolist() == [10] * 10
     assert set(small) <= set(large)
     with pytest.raises(ValueError, match="fewer than"):
-        data.balanced_subset(fmnist_test.labels, 2000, seed=0)
+        data.images.balanced_subset(fmnist_test.labels, 2000, seed=0)
 
 
 def write_image_folder(root, classes=("n01440764", "n01443537", "n01484850"), per_class=4, corrupt=True):
@@ -57,8 +57,8 @@ def write_image_folder(root, classes=("n01440764", "n01443537", "n01484850"), pe
 
 def test_imagenet_from_a_local_image_folder(tmp_path):
     write_image_folder(tmp_path)
-    train = data.load_imagenet("train", root=tmp_path)
-    val = data.load_imagenet("validation", root=tmp_path)
+    train = data.imagenet.load("train", root=tmp_path)
+    val = data.imagenet.load("validation", root=tmp_path)
     assert len(train) == 12 and len(val) == 13
     assert train.classnames == ["tench", "goldfish", "great white shark"]  # open_clip's names, by WordNet id
     assert train.fingerprint != val.fingerprint
@@ -66,7 +66,7 @@ def test_imagenet_from_a_local_image_folder(tmp_path):
 
 def test_corrupt_image_is_skipped_and_counted(tmp_path):
     write_image_folder(tmp_path)
-    val = data.load_imagenet("validation", root=tmp_path)
+    val = data.imagenet.load("validation", root=tmp_path)
     transform = lambda im: torch.from_numpy(np.asarray(im.resize((8, 8)), dtype=np.float32)).permute(2, 0, 1)  # noqa: E731
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         feats = extract(lambda x: x.flatten(1), val, transform, model_id="pixels", weights="none", batch_size=4)
@@ -74,17 +74,17 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
 
 
 def test_missing_imagenet_names_both_ways(tmp_path, monkeypatch):
-    monkeypatch.delenv(data.IMAGENET_ENV, raising=False)
+    monkeypatch.delenv(data.imagenet.IMAGENET_ENV, raising=False)
     with pytest.raises(FileNotFoundError, match="ImageFolder layout.*Hugging Face hub"):
-        data.load_imagenet("validation")
+        data.imagenet.load("validation")
     with pytest.raises(ConfigError, match="must hold train/ and val/"):
-        data.load_imagenet("validation", root=tmp_path)
+        data.imagenet.load("validation", root=tmp_path)
 
 
 def test_decoded_tensors_skip_a_corrupt_image(tmp_path):
     write_image_folder(tmp_path)
-    val = data.load_imagenet("validation", root=tmp_path)
+    val = data.imagenet.load("validation", root=tmp_path)
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
-        x, y, rows = data.decoded_tensors(val, np.arange(len(val)), size=8)
+        x, y, rows = data.images.decoded_tensors(val, np.arange(len(val)), size=8)
     assert x.shape == (12, 3, 8, 8) and len(y) == len(rows) == 12
     assert np.array_equal(val.labels[rows], y.numpy())  # each kept image with its own label

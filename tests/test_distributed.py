@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness import cli
-from harness.results import REPO_ROOT
+from harness.infra.results import REPO_ROOT
+from harness.tools import cli
 from tests.test_cli import TINY_SUITE
 from tests.test_zero_shot import SUITE as TINY_ZERO_SHOT
 
@@ -27,14 +27,15 @@ EXTRACT = '''
 import sys
 import numpy as np
 import torch
-from harness import data, distributed
-from harness.features import extract
+from harness import data
+from harness.infra import distributed
+from harness.methods.features import extract
 
 distributed.init_from_env()
 test = data.load("fashion_mnist", "test")
 rows = np.arange(3, 3 + int(sys.argv[2]))  # 25 rows: does not divide by 2 ranks
 with distributed.data_parallel():
-    f = extract(lambda x: x.flatten(1), test, data.GrayscaleTransform(), indices=rows, model_id="pixels",
+    f = extract(lambda x: x.flatten(1), test, data.images.GrayscaleTransform(), indices=rows, model_id="pixels",
                 weights="none", batch_size=4, chunk_size=10)
 if distributed.is_main():
     np.savez(sys.argv[1], features=f.features, labels=f.labels, indices=f.indices)
@@ -49,10 +50,10 @@ def test_feature_extraction_shards_and_gathers_in_order(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.load(out)
     from harness import data
-    from harness.features import extract
+    from harness.methods.features import extract
 
     test = data.load("fashion_mnist", "test")
-    single = extract(lambda x: x.flatten(1), test, data.GrayscaleTransform(), indices=np.arange(3, 28),
+    single = extract(lambda x: x.flatten(1), test, data.images.GrayscaleTransform(), indices=np.arange(3, 28),
                      model_id="pixels", weights="none", batch_size=4, chunk_size=10)
     assert got["indices"].tolist() == list(range(3, 28))  # every image once, in data-set order
     assert np.array_equal(got["features"], single.features) and np.array_equal(got["labels"], single.labels)
@@ -136,7 +137,7 @@ FAILING = '''
 """Four units; unit 3 fails, on whichever rank claims it, while VITCLIP_TEST_FAIL is set."""
 import os
 import pandas as pd
-from harness.suite import Table
+from harness.infra.suite import Table
 
 def units(config, ctx):
     return ["u0", "u1", "u2", "u3"]
@@ -207,7 +208,7 @@ def test_processes_pool_the_units_of_several_suites(tmp_path):
     _suite_dir(tmp_path, "tiny_zero_shot", TINY_ZERO_SHOT.format(repo=str(REPO_ROOT)))
     common = ["-m", "harness", "run", "tiny_agreement", "tiny_zero_shot", "--device", "cpu", "--suites-dir",
               str(suites)]
-    # the ranks take os.cpu_count() // 2 threads each (harness.distributed): the single process gets as many, so
+    # the ranks take os.cpu_count() // 2 threads each (harness.infra.distributed): the single process gets as many, so
     # both compute with the same kernels and blockings and their numbers are equal, not only close
     threads = str(max(1, (os.cpu_count() or 1) // 2))
     one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")],

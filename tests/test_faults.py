@@ -20,9 +20,11 @@ import timm
 import torch
 from PIL import Image
 
-from harness import cache, cli, data
-from harness.features import extract
-from harness.results import REPO_ROOT
+from harness import data
+from harness.infra import cache
+from harness.infra.results import REPO_ROOT
+from harness.methods.features import extract
+from harness.tools import cli
 from tests.test_cli import TINY_SUITE
 from tests.test_suite_data_scale import SUITE as TINY_SCALE
 
@@ -77,7 +79,7 @@ def _non_weights_only_pickle(path):
 # input -> (arguments after `run tiny_agreement --device cpu`, how the data/file is made, expected message)
 BAD_INPUTS = {
     "unknown dtype": (["--dtype", "float8"], None, "--dtype float8: unknown dtype; choose from float64"),
-    "unknown model": (["--set", 'models=["vit_tiny_patch16_22"]'], None,
+    "unknown model": (["--set", 'models=["timm:vit_tiny_patch16_22"]'], None,
                       "timm has no model 'vit_tiny_patch16_22' (closest known: vit_tiny_patch16_224"),
     "config key that does not exist": (["--set", "random_input=2"], None,
                                        "has the config key(s) random_input (did you mean random_inputs?)"),
@@ -88,10 +90,10 @@ BAD_INPUTS = {
     "weight file that is not weights-only": (
         ["--set", "weights={path}"], lambda p: _non_weights_only_pickle(p / "w.pth"),
         "is a pickle that is not weights-only"),
-    "ImageFolder with a missing split": (["--suite", "tiny_zs", "--set", "data.imagenet_dir={path}"],
+    "ImageFolder with a missing split": (["--suite", "tiny_zs", "--set", "datasets.0.root={path}"],
                                          lambda p: (_imagenet_without_val(p / "in"), p / "in")[1],
                                          "in/val does not exist"),
-    "class folder not in the class list": (["--suite", "tiny_zs", "--set", "data.imagenet_dir={path}"],
+    "class folder not in the class list": (["--suite", "tiny_zs", "--set", "datasets.0.root={path}"],
                                            lambda p: (_imagenet_with_a_stray_class(p / "in"), p / "in")[1],
                                            "class folder(s) that are not ImageNet WordNet ids: cats"),
 }
@@ -102,9 +104,9 @@ VERSION = 1
 EVALUATOR = "zero_shot"
 
 def get_config(profile):
-    return {"data": {"name": "imagenet", "split": "validation", "imagenet_dir": None}, "classnames": "imagenet",
-            "templates": ["a photo of a {}."], "published_source": "", "batch_size": 8,
-            "models": [{"id": "s32", "library": "open_clip", "name": "ViT-S-32", "weights": "random"}]}
+    return {"datasets": [{"name": "imagenet", "root": None, "templates": ["a photo of a {}."]}],
+            "published_source": "", "batch_size": 8,
+            "models": [{"id": "s32", "model": "open_clip:ViT-S-32", "weights": "random"}]}
 '''
 
 
@@ -144,7 +146,7 @@ def test_unusual_image_modes_are_converted_not_skipped(mode, tmp_path):
         image = image.convert(mode)
     path = tmp_path / f"odd.{'jpg' if mode == 'CMYK' else 'png'}"
     image.save(path)
-    out = data.to_pil({"path": str(path), "bytes": None})
+    out = data.images.to_pil({"path": str(path), "bytes": None})
     assert out.mode == "RGB" and out.size == (30, 20)
     px = np.asarray(out, dtype=int)
     if mode == "I;16":
@@ -157,7 +159,7 @@ def test_decompression_bomb_is_skipped_with_the_fix_named(tmp_path, monkeypatch)
     from tests.test_data import write_image_folder
 
     write_image_folder(tmp_path, per_class=1, corrupt=False)
-    val = data.load_imagenet("validation", root=tmp_path)
+    val = data.imagenet.load("validation", root=tmp_path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 48 // 3)  # the 40×48 images are now "bombs"
     with pytest.warns(UserWarning, match="skipped 3 unreadable"):
         feats = extract(lambda x: x.flatten(1), val, lambda im: torch.zeros(3), model_id="p", weights="w")
@@ -169,7 +171,7 @@ def test_decompression_bomb_is_skipped_with_the_fix_named(tmp_path, monkeypatch)
 @pytest.fixture(scope="module")
 def fmnist():
     test = data.load("fashion_mnist", "test")
-    return test, data.balanced_subset(test.labels, 6, seed=0)
+    return test, data.images.balanced_subset(test.labels, 6, seed=0)
 
 
 def _truncate(path, marker):
@@ -204,17 +206,17 @@ def test_damaged_feature_chunk_is_detected_and_recomputed(kind, fmnist, tmp_path
     test, rows = fmnist
     proj = torch.randn(28 * 28, 4, generator=torch.Generator().manual_seed(0))
     kw = dict(model_id="proj", weights="w", indices=rows, chunk_size=40, cache_dir=tmp_path)
-    clean = extract(lambda x: x.flatten(1) @ proj, test, data.GrayscaleTransform(), **kw)
+    clean = extract(lambda x: x.flatten(1) @ proj, test, data.images.GrayscaleTransform(), **kw)
     chunks = sorted((tmp_path / "features").rglob("chunk_*.safetensors"))
     assert len(chunks) == 2
     marker = tmp_path / "code_ran"
     DAMAGE[kind](chunks[0], marker)
     with pytest.warns(UserWarning, match=f"damaged cache entry.*{chunks[0].name}"):
-        again = extract(lambda x: x.flatten(1) @ proj, test, data.GrayscaleTransform(), **kw)
+        again = extract(lambda x: x.flatten(1) @ proj, test, data.images.GrayscaleTransform(), **kw)
     assert (again.from_cache, again.computed) == (1, 1)
     np.testing.assert_array_equal(again.features, clean.features)
     assert not marker.exists()  # nothing in the cache ran
-    third = extract(lambda x: 1 / 0, test, data.GrayscaleTransform(), **kw)  # repaired: read back whole
+    third = extract(lambda x: 1 / 0, test, data.images.GrayscaleTransform(), **kw)  # repaired: read back whole
     assert third.from_cache == 2
 
 
@@ -269,8 +271,8 @@ def test_damaged_unit_and_checkpoint_are_detected_and_recomputed(kind, clean_sca
     assert "reused 9 of 10" in out  # the damaged unit ran again, the others were read back
     assert not marker.exists()
     assert_same_tables(tmp_path / "out", clean)
-    from harness import checkpoints
-    from harness.models import build_architecture
+    from harness.infra import checkpoints
+    from harness.methods.scale_runs import build_architecture
 
     checkpoints.load(ckpt, lambda m: build_architecture(m["arch"]))  # rewritten whole by the rerun
 
@@ -294,8 +296,32 @@ KILLS = 3
 
 
 def finished_units(cache_dir) -> int:
-    """Units of the run finished so far, as the cache holds them (each written atomically when its unit ends)."""
-    return len(list((cache_dir / "units").rglob("*.json"))) if (cache_dir / "units").exists() else 0
+    """Units of the run finished so far, as the cache holds them (each written atomically when its unit ends; a
+    hidden .NAME.*.tmp.json is one being written)."""
+    units = cache_dir / "units"
+    return len([p for p in units.rglob("*.json") if not p.name.startswith(".")]) if units.exists() else 0
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_holder_of_the_lock(tmp_path):
+    """SIGKILL during an atomic write leaves a hidden temporary beside the entry; the next process to hold the
+    entry's lock (every writer of it does) removes it, and nobody else's."""
+    path = tmp_path / "units" / "vit_5_0.json"
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from harness.infra import cache
+        def write(tmp):
+            tmp.write_text("half")
+            os.kill(os.getpid(), signal.SIGKILL)
+        cache.atomic_write(Path({str(path)!r}), write)
+        """)], env=ENV)
+    assert killed.returncode == -signal.SIGKILL and not path.exists()
+    left = cache.temporaries(path)
+    assert len(left) == 1 and left[0].name.startswith(".vit_5_0.") and left[0].name.endswith(".tmp.json")
+    other = tmp_path / "units" / ".vit_6_0.x.tmp.json"  # another entry's: not this lock's to remove
+    other.write_text("busy")
+    with cache.lock(path):
+        assert cache.temporaries(path) == [] and other.exists()
 
 
 @pytest.mark.slow

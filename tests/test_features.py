@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from harness import data
-from harness.features import extract, weights_hash
+from harness.methods.features import extract, weights_hash
 
 
 def to_tensor(image):
@@ -12,8 +12,8 @@ def to_tensor(image):
 
 @pytest.fixture(scope="module")
 def subset():
-    test = data.load_fashion_mnist("test")
-    return test, data.balanced_subset(test.labels, 20, seed=0)
+    test = data.fashion_mnist.read("test")
+    return test, data.images.balanced_subset(test.labels, 20, seed=0)
 
 
 def test_cache_is_reused_and_survives_an_interrupted_run(tmp_path, subset):

@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 
 from harness import data
-from harness.linear_probe import linear_probe, sklearn_probe
+from harness.methods.probe import linear_probe, sklearn_probe
 
 
 @pytest.fixture(scope="module")
 def pixels():
     """Raw Fashion-MNIST pixels as features: real data, no model needed."""
-    train, test = data.load_fashion_mnist("train"), data.load_fashion_mnist("test")
-    tr = data.balanced_subset(train.labels, 100, seed=0)
-    te = data.balanced_subset(test.labels, 50, seed=0)
+    train, test = data.fashion_mnist.read("train"), data.fashion_mnist.read("test")
+    tr = data.images.balanced_subset(train.labels, 100, seed=0)
+    te = data.images.balanced_subset(test.labels, 50, seed=0)
     x = lambda d, i: np.asarray(d.dataset[i]["image"], dtype=np.float32).reshape(len(i), -1) / 255  # noqa: E731
     return x(train, tr), train.labels[tr], x(test, te), test.labels[te]
 
@@ -37,7 +37,7 @@ def test_preconditioning_and_blocks_reach_the_same_optimum(pixels):
     block to float64 give the float64 fit of the same (float16-rounded) features."""
     import torch
 
-    from harness.linear_probe import fit, spectrum, standardise
+    from harness.methods.probe import fit, spectrum, standardise
 
     xtr, ytr, _, _ = pixels
     x = torch.as_tensor(standardise(xtr)[0], dtype=torch.float32)
@@ -69,7 +69,7 @@ def test_fit_stops_at_a_stationary_point_of_the_stated_objective(pixels):
     class, 2.5e-3 with the data term halved. 1e-4 lies between."""
     import torch
 
-    from harness.linear_probe import BLOCK_ROWS, fit, standardise
+    from harness.methods.probe import BLOCK_ROWS, fit, standardise
 
     xtr, ytr, _, _ = pixels
     n = BLOCK_ROWS + 137  # two blocks, the last one partial

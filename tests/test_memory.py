@@ -1,4 +1,4 @@
-"""harness.memory: a harness process keeps the memory it frees (glibc), so allocating the same sizes again does
+"""harness.infra.memory: a harness process keeps the memory it frees (glibc), so allocating the same sizes again does
 not make the kernel find and zero fresh pages (page faults: ~1.8 s of system time per GiB on this project's VMs)."""
 
 import os
@@ -9,7 +9,7 @@ import pytest
 
 GROWING = """
 import resource, sys, torch
-from harness.memory import keep_freed_memory
+from harness.infra.memory import keep_freed_memory
 applied = keep_freed_memory()
 torch.ones(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

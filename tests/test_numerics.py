@@ -1,4 +1,5 @@
-"""The tolerance rules (harness.numerics) and low-precision agreement on CPU, so that CI guards what a GPU runs."""
+"""The tolerance rules (harness.methods.numerics) and low-precision agreement on CPU, so that CI guards what a GPU
+runs."""
 
 import math
 
@@ -11,8 +12,9 @@ from open_clip.loss import ClipLoss
 
 import harness
 from harness.evals import agreement, agreement_clip
-from harness.numerics import errors, unit_roundoff, verdict, widening
-from harness.suite import Context
+from harness.infra.suite import Context
+from harness.methods.numerics import errors, unit_roundoff, verdict, widening
+from harness.models.open_clip import transform as open_clip_transform
 from tests.test_clip import small_open_clip
 
 LOW = ["bfloat16", "float16"]
@@ -76,7 +78,7 @@ def test_equally_accurate_small_tensors_pass_at_the_stated_rate():
 
 def test_unknown_dtype_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown dtype 'float8'.*float64, float32, bfloat16, float16"):
-        harness.numerics.dtype_of("float8")
+        harness.methods.numerics.dtype_of("float8")
 
 
 def naive_low_precision_attention(q, k, v):
@@ -129,7 +131,7 @@ def test_vit_low_precision_rows_pass_on_cpu():
     df = rows_frame(agreement.model_rows(lib, x, ["float32", *LOW], torch.device("cpu")))
     assert set(df["check"]) == {"logits", "block"} and set(df["backend"]) >= {"explicit", "math"}
     assert df["passed"].all(), df[~df["passed"]][["dtype", "backend", "stage", "ref_err_vs_fp64", "tolerance"]]
-    assert (df["rule"] == harness.numerics.TRUTH_RULE).all()
+    assert (df["rule"] == harness.methods.numerics.TRUTH_RULE).all()
 
 
 def test_clip_low_precision_rows_pass_on_cpu():
@@ -137,14 +139,15 @@ def test_clip_low_precision_rows_pass_on_cpu():
               "captions": ["a photo of an astronaut."] + [f"random noise number {i}." for i in range(31)]}
     ctx = Context(device=torch.device("cpu"))
     model = small_open_clip("ViT-S-32", layers=2)
-    images, tokens = agreement_clip._inputs(model, config, 0, ctx.device)
+    images, tokens = agreement_clip._inputs(open_clip_transform(model), model.visual.image_size[0], config, 0,
+                                             ctx.device)
 
     def run(m, dt):
-        return harness.numerics.capture(agreement_clip._stages(m),
+        return harness.methods.numerics.capture(agreement_clip._stages(m),
                                         lambda: agreement_clip._outputs(m, images.to(dt), tokens))
 
-    df = rows_frame(harness.numerics.sweep(model, harness.from_open_clip, run, agreement_clip.OUTPUTS, LOW, ctx.device,
-                                           "open_clip"))
+    df = rows_frame(harness.methods.numerics.sweep(model, harness.from_open_clip, run, agreement_clip.OUTPUTS, LOW,
+                                                   ctx.device, "open_clip"))
     assert df["passed"].all(), df[~df["passed"]][["check", "dtype", "backend", "ref_err_vs_fp64", "tolerance"]]
 
 
@@ -154,7 +157,7 @@ def test_float32_gradients_are_judged_against_float64():
     rows = agreement.gradient_rows(lib, x, ["float32"])  # float64 is computed as the truth even when not asked
     assert {r["dtype"] for r in rows} == {"float32"}
     r = rows[0]
-    assert r["check"] == "gradients" and r["passed"] and r["rule"] == harness.numerics.TRUTH_RULE
+    assert r["check"] == "gradients" and r["passed"] and r["rule"] == harness.methods.numerics.TRUTH_RULE
     assert r["stages_failing"] == 0 and r["ref_err_vs_fp64"] < 1e-5 and r["lib_err_vs_fp64"] < 1e-5
     stages = [s["stage"] for s in rows[1:]]
     assert stages == ["(before the blocks)", "blocks.0", "blocks.1", "(after the blocks)"]
@@ -168,7 +171,7 @@ def test_cast_is_a_copy_converted_like_to(make):
     parameter types and names as deepcopy(model).to(dtype), sharing no memory with the master (float64 too)."""
     import copy
 
-    from harness.numerics import cast
+    from harness.methods.numerics import cast
 
     master = make().double().eval()
     for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):

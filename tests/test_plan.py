@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from harness import plan
-from harness.results import REPO_ROOT
-from harness.suite import ConfigError
+from harness.infra.results import REPO_ROOT
+from harness.infra.suite import ConfigError
+from harness.tools import plan
 
 
 def test_gpu_rates_come_from_this_repositorys_results_only(tmp_path):

@@ -1,6 +1,6 @@
 """The full profile rehearsed: an ImageNet-shaped tree of 1,000 real WordNet ids and library-format checkpoints
 (written by `python -m harness rehearsal`), then the full profile of every suite through --overrides, with the
-changes harness.rehearsal.SMALL_MODELS makes so that a CPU gets through: models shrunk, fewer models (agreement:
+changes harness.tools.rehearsal.SMALL_MODELS makes so that a CPU gets through: models shrunk, fewer models (agreement:
 one timm ViT and ViT-S-32; the linear probe: a one-block ViT-B/16 and ViT-B-32; zero-shot: ViT-B-32), agreement in
 float32 only, on 2 inputs and one attention shape, data_scale at one size, one seed and two steps, smaller batches
 and fewer workers. The data's shape stays the real one: 1,000
@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness import cli, data, rehearsal
+from harness import data
+from harness.tools import cli, rehearsal
 
 
 def test_tree_is_deterministic_and_shaped_like_imagenet(tmp_path):
@@ -24,7 +25,7 @@ def test_tree_is_deterministic_and_shaped_like_imagenet(tmp_path):
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     assert a["train_images"] == 12 and a["val_images"] == 6 + 5
-    assert sorted(p.name for p in (tmp_path / "a" / "train").iterdir()) == data.imagenet_wnids()[:3]
+    assert sorted(p.name for p in (tmp_path / "a" / "train").iterdir()) == data.imagenet.wnids()[:3]
     sizes = [rehearsal.image_size(np.random.default_rng(i)) for i in range(2000)]
     assert 0.7 < np.mean([s in ((500, 375), (375, 500)) for s in sizes]) < 0.8  # most are ImageNet's two sizes
     assert any(max(s) >= 1000 for s in sizes) and any(max(s) < 250 for s in sizes)

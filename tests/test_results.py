@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from harness import cache, results
+from harness.infra import cache, results
 
 
 def test_write_table_csv_markdown_and_index(tmp_path):

@@ -7,11 +7,12 @@ import pytest
 import torch
 from scipy.stats import binom, t
 
-from harness import checkpoints, cli
-from harness.cnn import SmallResNet
 from harness.evals import data_scale
-from harness.models import build_architecture
-from harness.train import Recipe, augment, lr_at
+from harness.infra import checkpoints
+from harness.methods.scale_runs import build_architecture
+from harness.methods.train import Recipe, augment, lr_at, train
+from harness.reference.cnn import SmallResNet
+from harness.tools import cli
 
 SUITE = '''
 """Data scale, tiny (test suite)."""
@@ -76,7 +77,7 @@ def test_same_seed_same_numbers(tmp_path):
     for _ in range(2):
         torch.manual_seed(3)
         model = SmallResNet(1, 10, (8, 8, 8))
-        data_scale.train(model, x, y, Recipe(steps=3, batch_size=16), seed=3)
+        train(model, x, y, Recipe(steps=3, batch_size=16), seed=3)
         accs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*accs))
 
@@ -118,13 +119,13 @@ def test_full_profile_path_on_an_image_folder(tmp_path):
     (4 classes, of which 2 are chosen)."""
     import copy
 
-    from harness.suite import Context, load_suite
+    from harness.infra.suite import Context, load_suite
     from tests.test_data import write_image_folder
 
     write_image_folder(tmp_path / "imagenet", classes=("n01440764", "n01443537", "n01484850", "n01491361"),
                        per_class=4, corrupt=False)
     config = copy.deepcopy(load_suite("data_scale").get_config("full"))
-    config["data"].update(imagenet_dir=str(tmp_path / "imagenet"), classes=2, image_size=16, test_per_class=3,
+    config["data"].update(root=str(tmp_path / "imagenet"), classes=2, image_size=16, test_per_class=3,
                           workers=0)
     config["sizes_per_class"] = [2, 4]
     config["architectures"][0]["kwargs"].update(image_size=16, patch_size=8, num_classes=2, width=16, depth=1,

@@ -5,7 +5,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from harness import cli
+from harness.tools import cli
 
 SUITE = '''
 """Linear probe on a small subset (test suite)."""
@@ -14,9 +14,8 @@ VERSION = 1
 EVALUATOR = "linear_probe"
 
 def get_config(profile):
-    return {"data": {"name": "fashion_mnist", "train_split": "train", "test_split": "test",
-                     "train_per_class": 30, "test_per_class": 20},
-            "models": [{"id": "vit_p7", "library": "timm", "name": "vit_tiny_patch16_224",
+    return {"datasets": [{"name": "fashion_mnist", "train_per_class": 30, "test_per_class": 20}],
+            "models": [{"id": "vit_p7", "model": "timm:vit_tiny_patch16_224",
                         "kwargs": {"img_size": 28, "patch_size": 7, "depth": 2},
                         "data_cfg": {"input_size": [3, 28, 28], "crop_pct": 1.0}, "with_reference": True}],
             "batch_size": 100, "val_fraction": 0.2}

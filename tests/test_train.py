@@ -1,4 +1,4 @@
-"""harness.train: the gradients the data-scale models train with are float64's to round-off, and the optimizer
+"""harness.methods.train: the gradients the data-scale models train with are float64's to round-off, and the optimizer
 helper is torch's AdamW (its fused kernel where the device has one)."""
 
 import copy
@@ -6,8 +6,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from harness.cnn import SmallResNet
-from harness.train import adamw
+from harness.methods.train import adamw
+from harness.reference.cnn import SmallResNet
 
 
 def _grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -72,7 +72,7 @@ def _augment_by_indexing(x: torch.Tensor, recipe, g: torch.Generator) -> torch.T
 def test_augment_gives_the_crops_and_flips_it_draws():
     """augment() equals the plain pad-index-flip formulation exactly (it only moves pixels), for every combination
     of crop and flip, and leaves the generator where that formulation does (the batches after it are the same)."""
-    from harness.train import Recipe, augment
+    from harness.methods.train import Recipe, augment
 
     for shape in [(128, 1, 28, 28), (16, 3, 28, 28), (5, 2, 9, 7)]:
         x = torch.randn(*shape)

@@ -7,19 +7,21 @@ import torch
 from torchvision import transforms as T
 
 from harness import data
-from harness.features import extract
-from harness.models import load_open_clip, open_clip_transform, timm_transform
-from harness.transforms import BatchTransform, batched
+from harness.data.transforms import BatchTransform, batched
+from harness.methods.features import extract
+from harness.models.open_clip import create as load_open_clip
+from harness.models.open_clip import transform as open_clip_transform
+from harness.models.timm import transform as timm_transform
 
 
 @pytest.fixture(scope="module")
 def images():
     test = data.load("fashion_mnist", "test")
-    return test, data.balanced_subset(test.labels, 3, seed=0)
+    return test, data.images.balanced_subset(test.labels, 3, seed=0)
 
 
 def per_image(transform, test, rows):
-    return torch.stack([transform(data.to_pil(test.dataset[int(r)]["image"])) for r in rows])
+    return torch.stack([transform(data.images.to_pil(test.dataset[int(r)]["image"])) for r in rows])
 
 
 @pytest.mark.parametrize("make", [
@@ -29,7 +31,7 @@ def per_image(transform, test, rows):
                                                                                    "crop_pct": 1.0})),
     lambda: timm_transform(timm.create_model("vit_tiny_patch16_224", depth=1)),  # 28 -> 248 bicubic, crop 224
     lambda: open_clip_transform(load_open_clip("ViT-S-16", force_image_size=32)),
-    lambda: data.GrayscaleTransform(channels=3),
+    lambda: data.images.GrayscaleTransform(channels=3),
 ])
 def test_batch_equals_per_image(make, images):
     transform = make()

@@ -1,7 +1,7 @@
 """Every verdict can fail: errors planted into the reference fail the rows that should catch them.
 
 Each family of agreement row (model outputs, blocks, attention, the loss, CLIP logits and embeddings, gradients) in
-every dtype: a first run without a planted error passes and states each row's `power` (harness.numerics: the
+every dtype: a first run without a planted error passes and states each row's `power` (harness.methods.numerics: the
 relative error of the reference's output the row fails whatever its direction); a second run scales the reference's
 output of that row by 1 + 2 × power — an error of twice the stated power, planted in the reference's own computation
 (a forward hook, a wrapped function, a gradient hook) — and the row fails. Upstream rows, where the error is not,
@@ -19,10 +19,11 @@ import timm
 import torch
 
 import harness
-import harness.numerics as numerics
+import harness.methods.numerics as numerics
 from harness.convert.timm import from_timm
 from harness.evals import agreement, agreement_clip
-from harness.numerics import DTYPES
+from harness.methods.numerics import DTYPES
+from harness.models.open_clip import transform as open_clip_transform
 from tests.test_clip import small_open_clip
 
 CPU = torch.device("cpu")
@@ -117,7 +118,8 @@ def clip_rows(eps: dict | None = None, loss=None) -> pd.DataFrame:
     1 + eps[(output, dtype, backend)] (independently: the logits and loss see normalised embeddings); with
     `loss`, harness.clip_loss replaced by it."""
     model = small_open_clip("ViT-S-32", layers=1)
-    images, tokens = agreement_clip._inputs(model, CLIP_CONFIG, 0, CPU)
+    images, tokens = agreement_clip._inputs(open_clip_transform(model), model.visual.image_size[0], CLIP_CONFIG, 0,
+                                             CPU)
 
     def plant(output: str):
         def hook(_m, _i, out):
@@ -320,14 +322,7 @@ def test_a_backward_pass_off_by_one_percent_in_one_block_fails_that_block_first(
     """A custom autograd function in blocks.1's MLP whose backward is 1% off: blocks.1 and everything before it
     (in forward order) fail, the stage after it passes, and the first failing stage in backward order is
     blocks.1."""
-    class OffBackward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            return grad * 1.01
+    from tests.test_compare import OffBackward
 
     def to_reference(model, copy=True):
         ref = from_timm(model, copy=copy)

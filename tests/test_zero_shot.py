@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import harness
-from harness import cli
 from harness.evals import zero_shot as zs_eval
-from harness.models import load_open_clip
-from harness.suite import Context
-from harness.zero_shot import classification_metrics, retrieval_recall, zero_shot_classifier
+from harness.infra.suite import Context
+from harness.methods import clip_runs
+from harness.methods.classifier import classification_metrics, retrieval_recall, zero_shot_classifier
+from harness.models.open_clip import create as load_open_clip
+from harness.tools import cli
 from tests.test_clip import small_open_clip
 from tests.test_data import write_image_folder
 
@@ -68,7 +69,7 @@ def test_retrieval_recall_by_hand():
 
 
 def test_to_open_clip_round_trip():
-    cfg = zs_eval.build_clip({"model": {"embed_dim": 32, "vision": {"image_size": 28, "patch_size": 7, "in_chans": 3,
+    cfg = clip_runs.build_clip({"model": {"embed_dim": 32, "vision": {"image_size": 28, "patch_size": 7, "in_chans": 3,
                                                                      "width": 32, "depth": 2, "heads": 4,
                                                                      "mlp_dim": 64},
                                         "text": {"context_length": 16, "width": 32, "depth": 1, "heads": 2,
@@ -77,7 +78,7 @@ def test_to_open_clip_round_trip():
     oc = harness.convert.to_open_clip(ref)
     assert type(oc).__name__ == "CLIP" and next(oc.parameters()).dtype == torch.float64
     x = torch.randn(3, 3, 28, 28, dtype=torch.float64)
-    t = zs_eval.tokenizer(16)(["a photo of a large dark bag.", "a coat."])
+    t = clip_runs.tokenizer(16)(["a photo of a large dark bag.", "a coat."])
     with torch.no_grad():
         assert torch.allclose(oc.encode_image(x), ref.encode_image(x), rtol=0, atol=1e-12)
         assert torch.allclose(oc.encode_text(t), ref.encode_text(t), rtol=0, atol=1e-12)
@@ -109,7 +110,7 @@ def get_config(profile):
 def test_zero_shot_suite_end_to_end(tmp_path, capsys):
     suites = tmp_path / "suites"
     suites.mkdir()
-    (suites / "tiny_zero_shot.py").write_text(textwrap.dedent(SUITE.format(repo=str(harness.results.REPO_ROOT))))
+    (suites / "tiny_zero_shot.py").write_text(textwrap.dedent(SUITE.format(repo=str(harness.infra.results.REPO_ROOT))))
     args = ["run", "tiny_zero_shot", "--device", "cpu", "--out", str(tmp_path / "out"), "--cache-dir",
             str(tmp_path / "cache"), "--suites-dir", str(suites)]
     assert cli.main(args) == 0
@@ -137,10 +138,10 @@ def test_full_profile_path_with_local_weights_and_image_folder(tmp_path):
     write_image_folder(tmp_path / "imagenet", corrupt=False)
     weights = tmp_path / "vit_s_32.pt"
     torch.save(load_open_clip("ViT-S-32", "random", seed=1).state_dict(), weights)
-    config = {"data": {"name": "imagenet", "split": "validation", "imagenet_dir": str(tmp_path / "imagenet")},
-              "classnames": "imagenet", "templates": ["a photo of a {}.", "a {}."], "batch_size": 8,
+    config = {"datasets": [{"name": "imagenet", "root": str(tmp_path / "imagenet"),
+                            "templates": ["a photo of a {}.", "a {}."]}], "batch_size": 8,
               "published_source": "a test",
-              "models": [{"id": "s32", "library": "open_clip", "name": "ViT-S-32", "weights": str(weights),
+              "models": [{"id": "s32", "model": "open_clip:ViT-S-32", "weights": str(weights),
                           "with_reference": True, "published_top1": 50.0}]}
     ctx = Context(device=torch.device("cpu"), cache_dir=tmp_path / "cache")
     rows = zs_eval.run_unit("eval:s32", config, ctx)

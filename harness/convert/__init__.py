@@ -1,7 +1,8 @@
 """Converters from library models to the reference implementations (pure state_dict mappers)."""
 
+from .common import ConversionError, UnsupportedModelError
 from .open_clip import config_from_open_clip, from_open_clip, to_open_clip
-from .timm import ConversionError, UnsupportedModelError, config_from_timm, convert_state_dict, from_timm
+from .timm import config_from_timm, convert_state_dict, from_timm
 
 __all__ = ["ConversionError", "UnsupportedModelError", "config_from_open_clip", "config_from_timm",
            "convert_state_dict", "from_open_clip", "from_timm", "to_open_clip"]

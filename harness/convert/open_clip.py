@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..reference.clip import CLIP, CLIPConfig, CLIPTextConfig, clip_vision_config
-from .timm import ConversionError, UnsupportedModelError, materialize
+from .common import ConversionError, UnsupportedModelError, materialize
 
 # Derived buffers that some checkpoints carry and the reference recomputes (the text tower's causal mask).
 IGNORED = {"attn_mask"}
@@ -163,7 +163,7 @@ def config_from_open_clip(model: nn.Module) -> CLIPConfig:
 
 def from_open_clip(model: nn.Module, copy: bool = True) -> CLIP:
     """A reference CLIP carrying an open_clip CLIP's weights, on its device and dtype, in eval mode (copy=False:
-    sharing the library's memory where it can, see harness.convert.timm.materialize)."""
+    sharing the library's memory where it can, see harness.convert.common.materialize)."""
     config = config_from_open_clip(model)
     return materialize(CLIP, config, convert_state_dict(model.state_dict(), config), copy)
 

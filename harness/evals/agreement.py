@@ -1,6 +1,6 @@
-"""Numerical agreement of the reference implementations with timm and torch (rules: harness.numerics).
+"""Numerical agreement of the reference implementations with timm and torch (rules: harness.methods.numerics).
 
-Tolerances (relative error ‖ref − lib‖ / ‖lib‖), from harness.numerics:
+Tolerances (relative error ‖ref − lib‖ / ‖lib‖), from harness.methods.numerics:
   float64 ≤ 1e-12, float32 ≤ 1e-5 (outputs and every stage);
   bfloat16 / float16, and float32 gradients: the reference's error against a float64 ground truth (the library
   run in float64) is at most 2 w(n) × the library's own, the library's error floored at the dtype's unit
@@ -21,20 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import models
 from ..convert.timm import convert_state_dict, from_timm
-from ..models import check_model, check_weights, image_batch, load_timm, timm_transform
-from ..numerics import (
-    LOW_PRECISION,
-    capture,
-    cast,
-    compare_gradients,
-    dtype_of,
-    exact_float32,
-    sweep,
-    verdict,
-)
+from ..data.photos import image_batch
+from ..infra.suite import ConfigError, Context, Table
+from ..methods.numerics import LOW_PRECISION, capture, cast, compare_gradients, dtype_of, exact_float32, sweep, verdict
 from ..reference.attention import MultiHeadAttention, online_softmax_attention, scaled_dot_product_attention
-from ..suite import Context, Table
 
 # ---------------------------------------------------------------------------------------------------- units
 
@@ -48,31 +40,51 @@ def unit_cost(unit: str, config: dict) -> float:
     kind = unit.partition(":")[0]
     return {"clip": 60.0, "clip_gradients": 30.0, "model": 20.0, "attention": 30.0}.get(kind, 5.0)
 
-def units(config: dict, ctx: Context) -> list[str]:
-    out = ["attention"] if config.get("attention") else []
-    out += [f"model:{m}" for m in config["models"]]
-    out += [f"gradients:{m}" for m in config.get("gradient_models", [])]
+def _specs(config: dict) -> dict[str, dict[str, models.ModelSpec]]:
+    """The suite's models by list and id (harness.models names; the ViTs' default weights: config["weights"])."""
     clip = config.get("clip") or {}
-    out += ["clip_loss"] if clip.get("loss") else []
-    out += [f"clip:{m}" for m in clip.get("models", [])]
-    out += [f"clip_gradients:{m}" for m in clip.get("gradient_models", [])]
-    out += [f"clip_timm:{m}={t}" for m, t in clip.get("timm_towers", {}).items()]
+
+    def by_id(declared, weights=None):
+        return {s.id: s for s in (models.parse(m, weights) for m in declared)}
+
+    clip_models = by_id(clip.get("models", []))
+    towers = {k: models.parse(v) for k, v in clip.get("timm_towers", {}).items()}
+    unknown = [k for k in towers if k not in clip_models]
+    if unknown:
+        raise ConfigError(f"clip.timm_towers names {', '.join(unknown)}: its keys are ids of models in clip.models "
+                          f"({', '.join(clip_models) or 'none'})")
+    return {"model": by_id(config["models"], config.get("weights")),
+            "gradients": by_id(config.get("gradient_models", []), config.get("weights")),
+            "clip": clip_models, "clip_gradients": by_id(clip.get("gradient_models", [])),
+            "clip_timm": {k: clip_models[k] for k in towers}, "timm_towers": towers}
+
+
+def units(config: dict, ctx: Context) -> list[str]:
+    specs = _specs(config)
+    out = ["attention"] if config.get("attention") else []
+    out += [f"model:{m}" for m in specs["model"]]
+    out += [f"gradients:{m}" for m in specs["gradients"]]
+    out += ["clip_loss"] if (config.get("clip") or {}).get("loss") else []
+    out += [f"clip:{m}" for m in specs["clip"]]
+    out += [f"clip_gradients:{m}" for m in specs["clip_gradients"]]
+    out += [f"clip_timm:{m}={t.id}" for m, t in specs["timm_towers"].items()]
     return out
 
 
 def validate(config: dict, ctx: Context) -> None:
-    """Every model and weight file checked before any work (harness.models.check_*), every dtype known."""
+    """Every model and weight file checked before any work (harness.models.check), every dtype known, every model
+    one with a converter to the reference (timm's and open_clip's ViTs)."""
     for dtype in config["dtypes"]:
         dtype_of(dtype)
-    for name in {*config["models"], *config.get("gradient_models", [])}:
-        check_model("timm", name)
-        check_weights("timm", name, config.get("weight_files", {}).get(name, config.get("weights", "random")))
-    clip = config.get("clip") or {}
-    for name in {*clip.get("models", []), *clip.get("gradient_models", []), *clip.get("timm_towers", {})}:
-        check_model("open_clip", name)
-        check_weights("open_clip", name, clip.get("weights", {}).get(name, "random"))
-    for name in clip.get("timm_towers", {}).values():
-        check_model("timm", name)
+    specs = _specs(config)
+    for kind in ("model", "gradients", "clip", "clip_gradients", "clip_timm"):
+        for spec in specs[kind].values():
+            if not models.has_reference(spec):
+                raise ConfigError(f"agreement compares a model with the reference converted from it: "
+                                  f"{spec.string} has no converter (timm's and open_clip's ViTs have)")
+            models.check(spec)
+    for spec in specs["timm_towers"].values():
+        models.check(spec)
 
 
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
@@ -85,27 +97,30 @@ def _run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     dtypes = _dtypes(config, ctx.device, name.partition("=")[0] or None)
     if kind == "attention":
         return attention_rows(config["attention"], dtypes, ctx.device, ctx.seed)
+    if kind == "clip_loss":
+        from . import agreement_clip
+
+        return agreement_clip.loss_rows(config["clip"]["loss"], dtypes, ctx.device, ctx.seed)
+    name, _, timm_name = name.partition("=")
+    specs = _specs(config)
+    spec = specs[kind][name]
     if kind.startswith("clip"):
         from . import agreement_clip
 
         clip = {**config, **config["clip"]}
-        if kind == "clip_loss":
-            return agreement_clip.loss_rows(clip["loss"], dtypes, ctx.device, ctx.seed)
-        name, _, timm_name = name.partition("=")
-        weights = clip.get("weights", {}).get(name, "random")
-        common = {"model": name, "weights": weights if weights == "random" else "pretrained"}
+        common = {"model": name, "weights": spec.weights if spec.weights == "random" else "pretrained"}
         if kind == "clip":
-            rows = agreement_clip.model_rows(name, weights, clip, ctx, dtypes)
+            rows = agreement_clip.model_rows(spec, clip, ctx, dtypes)
         elif kind == "clip_gradients":
-            rows = agreement_clip.gradient_rows(name, weights, clip, ctx, dtypes)
+            rows = agreement_clip.gradient_rows(spec, clip, ctx, dtypes)
         else:
-            rows = agreement_clip.three_way_rows(name, timm_name, weights, clip, ctx, dtypes)
+            rows = agreement_clip.three_way_rows(spec, specs["timm_towers"][name], clip, ctx, dtypes)
         return [{**common, **r} for r in rows]
-    weights = config.get("weight_files", {}).get(name, config.get("weights", "random"))
-    model = load_timm(name, weights, seed=ctx.seed).to(ctx.device)
-    x = image_batch(timm_transform(model), model.patch_embed.img_size[0], config["photos"], config["random_inputs"],
+    resolved = models.resolve(spec, seed=ctx.seed, device=ctx.device)
+    model = resolved.module
+    x = image_batch(resolved.transform, model.patch_embed.img_size[0], config["photos"], config["random_inputs"],
                     ctx.seed).to(ctx.device)
-    common = {"model": name, "weights": weights if weights in ("random", "pretrained") else "file"}
+    common = {"model": name, "weights": spec.weights if spec.weights in ("random", "pretrained") else "file"}
     if kind == "model":
         return [{**common, **r} for r in model_rows(model, x, dtypes, ctx.device)]
     if kind == "gradients":
@@ -265,7 +280,7 @@ def power_summary(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     judged = df[df["power"].notna()].copy()
     family = judged["check"].map(FAMILIES)
-    clip_logits = (judged["check"] == "logits") & (judged.get("library") == "open_clip")
+    clip_logits = (judged["check"] == "logits") & judged["unit"].astype(str).str.startswith("clip:")
     judged["family"] = family.where(~clip_logits, "CLIP logits")
     order = {d: i for i, d in enumerate(("float64", "float32", "bfloat16", "float16"))}
     g = judged.groupby(["family", "dtype"], sort=False)
@@ -280,6 +295,21 @@ def _power_line(power: pd.DataFrame) -> str:
     for family, g in power.groupby("family", sort=False):
         parts.append(f"{family} " + ", ".join(f"{r.dtype} {r.max_power:.2g}" for r in g.itertuples()))
     return "; ".join(parts)
+
+
+def stages(read) -> list[tuple[str, float]]:
+    """(stage, seconds) of a run, from its own tables (`read(name)`: a table or None): the units by kind."""
+    out = []
+    main = read("agreement")
+    if main is not None and "unit" in main:
+        units = main.drop_duplicates("unit")
+        for kind, seconds in units.groupby(units["unit"].str.partition(":")[0])["unit_seconds"].sum().items():
+            out.append((f"units {kind}", float(seconds)))
+    for extra in ("agreement_attention", "agreement_clip_loss"):
+        t = read(extra)
+        if t is not None and "unit_seconds" in t:
+            out.append((f"units {t['unit'].iloc[0]}", float(t["unit_seconds"].iloc[0])))
+    return out
 
 
 def _present(df: pd.DataFrame, columns: list[str]) -> list[str]:

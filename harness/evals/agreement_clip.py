@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import models
 from ..convert.open_clip import convert_state_dict, from_open_clip
 from ..convert.timm import from_timm
-from ..models import image_batch, load_open_clip, load_timm, open_clip_transform
-from ..numerics import LOW_PRECISION, TOL, capture, cast, compare_gradients, dtype_of, sweep, verdict
+from ..data.photos import image_batch
+from ..methods.numerics import LOW_PRECISION, TOL, capture, cast, compare_gradients, dtype_of, sweep, verdict
 from ..reference.clip import clip_loss
 
 OUTPUTS = ["image_embedding", "text_embedding", "logits", "loss_terms"]
@@ -34,14 +35,13 @@ def open_clip_loss_terms(image_features: torch.Tensor, text_features: torch.Tens
                       F.cross_entropy(per_text, labels, reduction="none")])
 
 
-def _inputs(model: nn.Module, config: dict, seed: int, device,
+def _inputs(transform, image_size: int, config: dict, seed: int, device,
             pairs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """As many images as captions: real photographs (open_clip's preprocessing) plus random tensors; the first
-    `pairs` of them when given."""
+    """As many images as captions: real photographs (through the model's own preprocessing `transform`) plus random
+    tensors; the first `pairs` of them when given."""
     import open_clip
 
-    images = image_batch(open_clip_transform(model), model.visual.image_size[0], config["photos"],
-                         config["random_inputs"], seed)[:pairs]
+    images = image_batch(transform, image_size, config["photos"], config["random_inputs"], seed)[:pairs]
     captions = config["captions"][: len(images)]
     if len(captions) != len(images):
         raise ValueError(f"the suite config needs {len(images)} captions (one per image), has {len(captions)}")
@@ -95,9 +95,10 @@ def _encoded(model: nn.Module, images: dict, texts: dict):
         del model.encode_image, model.encode_text  # the instance attributes go; the class's methods show again
 
 
-def model_rows(name: str, weights: str, config: dict, ctx, dtypes: list[str]) -> list[dict]:
-    model = load_open_clip(name, weights, seed=ctx.seed).to(ctx.device)
-    images, tokens = _inputs(model, config, ctx.seed, ctx.device)
+def model_rows(spec: models.ModelSpec, config: dict, ctx, dtypes: list[str]) -> list[dict]:
+    resolved = models.resolve(spec, seed=ctx.seed, device=ctx.device)
+    model = resolved.module
+    images, tokens = _inputs(resolved.transform, resolved.input_size[1], config, ctx.seed, ctx.device)
 
     def run(m, dt):
         return capture(_stages(m), lambda: _outputs(m, images.to(dt), tokens))
@@ -106,25 +107,32 @@ def model_rows(name: str, weights: str, config: dict, ctx, dtypes: list[str]) ->
     return [{**r, "n_inputs": len(images)} for r in rows]
 
 
-def gradient_rows(name: str, weights: str, config: dict, ctx, dtypes: list[str]) -> list[dict]:
+def gradient_rows(spec: models.ModelSpec, config: dict, ctx, dtypes: list[str]) -> list[dict]:
     """Gradients of the contrastive loss for every parameter: reference vs open_clip, on the first
     `gradient_pairs` image–text pairs (each row judges whole stages' parameters: many elements from few inputs)."""
-    model = load_open_clip(name, weights, seed=ctx.seed).to(ctx.device)
-    images, tokens = _inputs(model, config, ctx.seed, ctx.device, config.get("gradient_pairs"))
+    resolved = models.resolve(spec, seed=ctx.seed, device=ctx.device)
+    model = resolved.module
+    images, tokens = _inputs(resolved.transform, resolved.input_size[1], config, ctx.seed, ctx.device,
+                             config.get("gradient_pairs"))
     rows = compare_gradients(model, from_open_clip, convert_state_dict,
                              lambda m, dt: _outputs(m, images.to(dt), tokens)["loss_terms"].mean(), dtypes,
                              "open_clip")
     return [{**r, "n_inputs": len(images)} for r in rows]
 
 
-def three_way_rows(name: str, timm_name: str, weights: str, config: dict, ctx, dtypes: list[str]) -> list[dict]:
+def three_way_rows(spec: models.ModelSpec, timm_spec: models.ModelSpec, config: dict, ctx,
+                   dtypes: list[str]) -> list[dict]:
     """open_clip's image tower, timm's CLIP ViT (weights moved by timm's own checkpoint filter) and the reference."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    oc = load_open_clip(name, weights, seed=ctx.seed).to(ctx.device).double()
-    tm = load_timm(timm_name, "random", seed=ctx.seed, num_classes=oc.visual.proj.shape[1]).to(ctx.device).double()
+    resolved = models.resolve(spec, seed=ctx.seed, device=ctx.device)
+    oc = resolved.module.double()
+    timm_name = timm_spec.name
+    tm = models.resolve({"model": timm_spec.string, "kwargs": {"num_classes": oc.visual.proj.shape[1]}},
+                        seed=ctx.seed, device=ctx.device).module.double()
     tm.load_state_dict(checkpoint_filter_fn(oc.state_dict(), tm), strict=True)
-    images, _ = _inputs(oc, config, ctx.seed, ctx.device, config.get("three_way_images"))
+    images, _ = _inputs(resolved.transform, resolved.input_size[1], config, ctx.seed, ctx.device,
+                        config.get("three_way_images"))
     rows = []
     for dtype in [d for d in dtypes if d in TOL]:
         dt = dtype_of(dtype)

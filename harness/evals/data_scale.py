@@ -10,82 +10,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
-from .. import cache, checkpoints
-from .. import data as data_lib
-from ..models import build_architecture
-from ..results import stable_hash
-from ..suite import ConfigError, Context, Table
-from ..train import Recipe, accuracy, flops_per_image, train
-
-_TENSORS: dict = {}  # decoded training images, per process: the largest subset once, smaller ones are inside it
-
+from .. import data
+from ..infra.suite import ConfigError, Context, Table
+from ..methods.scale_runs import architecture, build_architecture, load_subset, steps_for, trained
+from ..methods.train import accuracy, flops_per_image
 
 CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are faster (run --processes)
 
-def _datasets(config: dict):
-    d = config["data"]
-    kwargs = {"root": d["imagenet_dir"]} if d.get("imagenet_dir") else {}
-    return (data_lib.load(d["name"], "train", **kwargs),
-            data_lib.load(d["name"], d.get("test_split", "test"), **kwargs))
-
-
-def _classes(data: data_lib.ImageData, config: dict) -> np.ndarray | None:
-    """The classes used: all (None), or `classes` of them spread evenly over the label ids (ImageNet-100: every
-    10th of ImageNet's 1,000)."""
-    count = config["data"].get("classes")
-    total = len(data.classnames)
-    return None if not count or count >= total else np.arange(0, total, total // count)[:count]
-
-
-def _subset(data: data_lib.ImageData, per_class: int, seed: int, classes: np.ndarray | None) -> np.ndarray:
-    """Nested, class-balanced rows of `data`, from the chosen classes only."""
-    if classes is None:
-        return data_lib.balanced_subset(data.labels, per_class, seed)
-    keep = np.flatnonzero(np.isin(data.labels, classes))
-    return keep[data_lib.balanced_subset(data.labels[keep], per_class, seed)]
-
-
-def _tensors(data: data_lib.ImageData, idx: np.ndarray, config: dict, classes):
-    """Rows idx in memory as normalised float tensors, labels renumbered 0..C-1 when classes are chosen, and
-    the rows kept (an unreadable image is skipped)."""
-    d = config["data"]
-    if d["name"] == "fashion_mnist":
-        (x, y), rows = data_lib.grayscale_tensors(data, idx), idx
-    else:
-        x, y, rows = data_lib.decoded_tensors(data, idx, d["image_size"], workers=d.get("workers", 0))
-    if classes is not None:
-        y = torch.from_numpy(np.searchsorted(classes, y.numpy()))
-    return x, y, rows
-
-
-def _load(config: dict, per_class: int):
-    """(training images and labels for per_class images per class, test images and labels)."""
-    d = config["data"]
-    train_set, test_set = _datasets(config)
-    classes = _classes(train_set, config)
-    key = (train_set.fingerprint, test_set.fingerprint, stable_hash(d), max(_sizes(config)))
-    if key not in _TENSORS:
-        _TENSORS.clear()
-        big = _subset(train_set, max(_sizes(config)), d["subset_seed"], classes)
-        test_idx = _subset(test_set, d["test_per_class"], 0, classes)
-        _TENSORS[key] = (big, _tensors(train_set, big, config, classes), _tensors(test_set, test_idx, config, classes))
-    big, (x, y, rows), (x_test, y_test, _) = _TENSORS[key]
-    idx = _subset(train_set, per_class, d["subset_seed"], classes)  # nested: inside `big`
-    pos = np.flatnonzero(np.isin(rows, idx))  # rows is sorted, like idx
-    return rows[pos], x[pos], y[pos], (x_test, y_test), len(train_set)
-
-
-def _sizes(config: dict) -> list[int]:
-    return [n for a in config["architectures"] for n in a.get("sizes", config["sizes_per_class"])]
-
-
 def validate(config: dict, ctx: Context) -> None:
-    d = config["data"]
-    data_lib.check_source(d, ["train", d.get("test_split", "test")] if d["name"] == "imagenet" else [])
+    data.check(config["data"], ["train", "test"])
     with torch.device("meta"):  # every declared architecture can be built
         for arch in config["architectures"]:
             try:
@@ -113,41 +49,10 @@ def _classes_count(config: dict) -> int:
     return config["data"].get("classes") or 10  # Fashion-MNIST's 10 when not declared; a hint only
 
 
-def steps_for(images: int, config: dict) -> int:
-    """The suite's step policy: max(min_steps, ceil(epochs × images / batch size))."""
-    policy = config["step_policy"]
-    return max(policy["min_steps"], math.ceil(policy["epochs"] * images / config["recipe"]["batch_size"]))
-
-
-def trained(unit: str, config: dict, device: torch.device, cache_dir: Path) -> tuple[torch.nn.Module, dict, Path]:
-    """(model, training statistics, checkpoint path) of one unit, trained once and kept under the cache folder.
-
-    Under the checkpoint's lock: whoever finds no checkpoint trains and saves it; anyone else wanting it meanwhile
-    (the other process of a split run, the linear-probe suite probing this model, a second run) waits and reads
-    it. Training is deterministic for a unit, so it does not matter who trains first."""
-    arch_id, per_class, seed = unit.split(":")
-    per_class, seed = int(per_class), int(seed)
-    arch = architecture(config, arch_id)
-    path = checkpoints.path(cache_dir, "data_scale", [config, unit], device)
-    with cache.lock(path, f"training data-scale run {unit}"):
-        loaded = checkpoints.load_or_none(path, lambda meta: build_architecture(meta["arch"]), device)
-        if loaded is not None and "stats" in loaded[1]:  # (checkpoints of older code hold no statistics: retrained)
-            return loaded[0], loaded[1]["stats"], path
-        # nested: the subset drawn with the data seed is a prefix of each class's permutation, so every smaller
-        # subset lies inside every larger one; the seed below varies initialisation and batch order only
-        idx, x, y, _, _ = _load(config, per_class)
-        recipe = Recipe(steps=steps_for(len(idx), config), **config["recipe"])
-        torch.manual_seed(seed)
-        model = build_architecture(arch).to(device)
-        stats = train(model, x.to(device), y.to(device), recipe, seed=seed, desc=f"{arch_id} n={len(idx)} seed={seed}")
-        checkpoints.save(path, model, {"arch": arch, "unit": unit, "stats": stats})
-    return model, stats, path
-
-
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     arch_id, per_class, seed = unit.split(":")
     per_class, seed = int(per_class), int(seed)
-    idx, x, _, (x_test, y_test), train_total = _load(config, per_class)
+    idx, x, _, (x_test, y_test), train_total = load_subset(config, per_class)
     model, stats, path = trained(unit, config, ctx.device, ctx.cache_dir)
     acc = accuracy(model, x_test.to(ctx.device), y_test.to(ctx.device))
     steps = steps_for(len(idx), config)
@@ -159,11 +64,6 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
         "steps": steps, "epochs": steps * config["recipe"]["batch_size"] / len(idx), **stats,
         "checkpoint": str(path),
     }]
-
-
-def architecture(config: dict, arch_id: str) -> dict:
-    """The declared architecture with this id."""
-    return next(a for a in config["architectures"] if a["id"] == arch_id)
 
 
 def _t975(n: int) -> float:
@@ -248,6 +148,16 @@ def plot(s: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def stages(read) -> list[tuple[str, float]]:
+    """(stage, seconds) of a run, from its own tables: the training of each architecture, and the rest."""
+    runs = read("data_scale_runs")
+    if runs is None:
+        return []
+    out = [(f"training {arch} ({int((runs.architecture == arch).sum())} runs)", float(seconds))
+           for arch, seconds in runs.groupby("architecture")["train_seconds"].sum().items()]
+    return out + [("everything else in its units", float(runs["unit_seconds"].sum() - runs["train_seconds"].sum()))]
 
 
 def tables(rows: list[dict], config: dict) -> list[Table]:

@@ -11,63 +11,55 @@ import time
 import numpy as np
 import pandas as pd
 
-from .. import catalog
-from .. import data as data_lib
-from ..adapters import Encoder, load_encoder, reference
-from ..features import extract, extraction_options
-from ..linear_probe import linear_probe, sklearn_probe
-from ..models import check_specs
-from ..suite import Context, Table
+from .. import data, models
+from ..data.catalog import dataset_means
+from ..data.images import balanced_subset
+from ..infra.suite import ConfigError, Context, Table
+from ..methods.features import extract, extraction_options
+from ..methods.probe import linear_probe, sklearn_probe
+from ..models import Model
 
-PARALLEL = "data"  # under torchrun every rank extracts a shard of each model's features (harness.distributed)
+PARALLEL = "data"  # under torchrun every rank extracts a shard of each model's features (harness.infra.distributed)
 CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are faster (run --processes)
 
 
 def unit_cost(unit: str, config: dict) -> float:
     """A rough cost in seconds on one CPU core, for ordering units only (the runner starts long ones first): ~100 s
     per encoder of the default profile (extraction and probe), ~10 s for the data-scale models' small features."""
-    spec = next((m for m in config["models"] if unit == f"probe:{m['id']}"), {})
-    return 10.0 if spec.get("library") == "data_scale" else 100.0 * (1 + bool(spec.get("with_reference")))
+    spec = next((s for s in map(models.parse, config["models"]) if unit == f"probe:{s.id}"), None)
+    if spec is None:
+        return 0.0
+    return 10.0 if spec.library == "data_scale" else 100.0 * (1 + spec.with_reference)
 
 
 def validate(config: dict, ctx: Context) -> None:
-    d = config["data"]
-    for name in config.get("datasets") or []:
-        catalog.spec(name)  # a known data set, or the closest names
-    if not config.get("datasets") or "imagenet" in config["datasets"]:
-        data_lib.check_source(d, [d["train_split"], d["test_split"]])
-    check_specs(config["models"])
+    """Every data set known and its local files in a recognised layout, with a train and a test split; every model
+    known, with weights that fit it (harness.data, harness.models)."""
+    for spec in config["datasets"]:
+        if data.task(spec) != "classification":
+            raise ConfigError(f"linear_probe: {data.parse(spec).name} is a retrieval data set (no class labels)")
+        data.check(spec, ["train", "test"])
+    for spec in config["models"]:
+        models.check(spec)
 
 
 def units(config: dict, ctx: Context) -> list[str]:
-    return [f"probe:{m['id']}" for m in config["models"]]
+    return [f"probe:{models.parse(m).id}" for m in config["models"]]
 
 
-def probe_sets(config: dict) -> list[dict]:
-    """The data sets to probe on: config["datasets"] (names from harness.catalog, each with the per-class subsets
-    of config["data"]), or the one config["data"] declares."""
-    d = config["data"]
-    if config.get("datasets"):
-        return [{**d, "name": n, "catalog": True,
-                 "root": d.get("imagenet_dir") if n == "imagenet" else config.get("dataset_roots", {}).get(n)}
-                for n in config["datasets"]]
-    return [{**d, "catalog": False}]
-
-
-def _load_data(d: dict, seed: int):
-    if d["catalog"]:
-        train, test = catalog.load(d["name"], "train", d["root"]), catalog.load(d["name"], "test", d["root"])
-    else:
-        kwargs = {"root": d["imagenet_dir"]} if d.get("imagenet_dir") else {}
-        train = data_lib.load(d["name"], d["train_split"], **kwargs)
-        test = data_lib.load(d["name"], d["test_split"], **kwargs)
-    train_idx = (data_lib.balanced_subset(train.labels, d["train_per_class"], seed)
-                 if d.get("train_per_class") else None)
-    test_idx = data_lib.balanced_subset(test.labels, d["test_per_class"], seed) if d.get("test_per_class") else None
+def _load_data(spec: data.DataSpec, seed: int):
+    """The train and test splits, and the rows of each that are probed: `train_per_class` / `test_per_class` of
+    every class (balanced, drawn with the seed) when the declaration asks for them, else all."""
+    train, test = data.load(spec, "train"), data.load(spec, "test")
+    per_class = spec.options
+    train_idx = balanced_subset(train.labels, per_class["train_per_class"], seed) \
+        if per_class.get("train_per_class") else None
+    test_idx = balanced_subset(test.labels, per_class["test_per_class"], seed) \
+        if per_class.get("test_per_class") else None
     return train, test, train_idx, test_idx
 
 
-def _probe(encoder: Encoder, config: dict, ctx: Context, datasets, check_sklearn: bool = True):
+def _probe(encoder: Model, config: dict, ctx: Context, datasets, check_sklearn: bool = True):
     """(row, test predictions, (train features, test features)) of one encoder."""
     train, test, train_idx, test_idx = datasets
     cache = ctx.cache_dir if ctx.use_cache else None
@@ -75,8 +67,10 @@ def _probe(encoder: Encoder, config: dict, ctx: Context, datasets, check_sklearn
                   **extraction_options(config))
     t0 = time.perf_counter()
     encoder.module.eval()
-    ftr = extract(encoder.encode, train, encoder.transform, indices=train_idx, desc=f"{encoder.id} train", **common)
-    fte = extract(encoder.encode, test, encoder.transform, indices=test_idx, desc=f"{encoder.id} test", **common)
+    ftr = extract(encoder.encode_image, train, encoder.transform, indices=train_idx, desc=f"{encoder.id} train",
+                  **common)
+    fte = extract(encoder.encode_image, test, encoder.transform, indices=test_idx, desc=f"{encoder.id} test",
+                  **common)
     t1 = time.perf_counter()
     res = linear_probe(ftr.features, ftr.labels, fte.features, fte.labels, num_classes=len(train.classnames),
                        seed=ctx.seed, device=ctx.device, val_fraction=config.get("val_fraction", 0.1),
@@ -100,18 +94,19 @@ def _probe(encoder: Encoder, config: dict, ctx: Context, datasets, check_sklearn
 
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     model_id = unit.partition(":")[2]
-    spec = next(m for m in config["models"] if m["id"] == model_id)
-    encoder = load_encoder(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
-    weights = spec.get("weights", "random") if spec["library"] != "data_scale" else f"trained ({spec['unit']})"
+    spec = next(s for s in map(models.parse, config["models"]) if s.id == model_id)
+    encoder = models.resolve(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
+    weights = spec.weights
     rows = []
-    for d in probe_sets(config):
+    for d in map(data.parse, config["datasets"]):
         datasets = _load_data(d, ctx.seed)
-        published = config.get("published", {}).get(model_id, {}) if d["name"] == config["data"]["name"] else {}
+        published = config.get("published", {}).get(d.name, {}).get(model_id, {})
         row, pred, feats = _probe(encoder, config, ctx, datasets)
         rows.append({**row, "weights": weights, **published})
-        if spec.get("with_reference"):
+        if spec.with_reference:
             # the reference's features equal the library's to round-off: the scikit-learn check is not run again
-            ref_row, ref_pred, ref_feats = _probe(reference(encoder), config, ctx, datasets, check_sklearn=False)
+            ref_row, ref_pred, ref_feats = _probe(models.reference(encoder), config, ctx, datasets,
+                                                  check_sklearn=False)
             ref_row["prediction_agreement"] = float((ref_pred == pred).mean())
             ref_row["feature_max_rel_diff"] = max(float(np.abs(r - f).max() / np.abs(f).max())
                                                   for r, f in zip(ref_feats, feats))
@@ -119,19 +114,30 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     return rows
 
 
+def stages(read) -> list[tuple[str, float]]:
+    """(stage, seconds) of a run, from its own table: feature extraction, the probes, the scikit-learn check."""
+    lp = read("linear_probe")
+    if lp is None:
+        return []
+    lp = lp[lp["dataset"] != "mean"] if "dataset" in lp else lp
+    return [(label, float(lp[column].sum())) for column, label in (
+        ("extract_seconds", "feature extraction"), ("probe_seconds", "probe (λ sweep + fit)"),
+        ("sklearn_seconds", "scikit-learn check")) if column in lp]
+
+
 def tables(rows: list[dict], config: dict) -> list[Table]:
     df = pd.DataFrame(rows)
     if "published_top1" in df:
         df["diff_vs_published"] = df["top1"] - df["published_top1"]
-    df = pd.concat([df, catalog.dataset_means(df.assign(task="classification"))], ignore_index=True)
+    df = pd.concat([df, dataset_means(df.assign(task="classification"))], ignore_index=True)
     cols = ["model", "library", "weights", "dataset", "train_images", "test_images", "top1", "top1_ci_low",
             "top1_ci_high", "top5", "mean_per_class_recall", "strength", "sklearn_top1", "sklearn_diff",
             "prediction_agreement", "feature_max_rel_diff", "published_top1", "diff_vs_published", "published_source",
             "skipped_images", "extract_seconds", "probe_seconds"]
-    d = config["data"]
+    names = ", ".join(data.parse(d).name for d in config["datasets"])
     notes = (f"Linear probe (CLIP paper protocol: L2-regularised logistic regression, L-BFGS, λ chosen on a "
              f"{config.get('val_fraction', 0.1):.0%} validation split of train) on frozen features of "
-             f"{d['name']}. `sklearn_top1`: scikit-learn's LogisticRegression(solver='lbfgs') on the same "
+             f"{names}. `sklearn_top1`: scikit-learn's LogisticRegression(solver='lbfgs') on the same "
              "features with the same λ. `prediction_agreement`: fraction of test images on which the reference "
              "model and the library model it was converted from predict the same class; it is 1 when the two "
              "feature sets (equal to round-off: `feature_max_rel_diff`, the largest difference over the largest "
@@ -140,6 +146,6 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
              "round-off — on another CPU or thread count too. The scikit-learn check runs on the library's "
              "features only. "
              + config.get("notes", ""))
-    return [Table("linear_probe", df, f"Linear probe on {d['name']}",
+    return [Table("linear_probe", df, f"Linear probe on {names}",
                   "linear-probe accuracy of timm, open_clip and reference models on frozen features",
                   [c for c in cols if c in df], notes)]

@@ -18,28 +18,32 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import cache, catalog, checkpoints, distributed
-from .. import data as data_lib
-from ..adapters import load_encoder, reference
+from .. import data, models
 from ..convert.open_clip import to_open_clip
-from ..features import extract, extraction_options, weights_hash
-from ..linear_probe import linear_probe
-from ..models import check_specs
-from ..reference.clip import CLIP, CLIPConfig, CLIPTextConfig, clip_vision_config
-from ..suite import Context, Table
-from ..train import Recipe, train_clip
-from ..zero_shot import classification_metrics, retrieval_recall, zero_shot_classifier
+from ..data import catalog
+from ..data.images import GrayscaleTransform, balanced_subset
+from ..infra.suite import Context, Table
+from ..methods.classifier import classification_metrics, retrieval_recall, zero_shot_classifier
+from ..methods.clip_runs import attributes, caption, raw, tokenizer, trained_clip
+from ..methods.features import extract, extraction_options, weights_hash
+from ..methods.probe import linear_probe
 
 RECALL_KS = (1, 5, 10)
-PARALLEL = "data"  # under torchrun every rank extracts a shard of the features (harness.distributed)
+PARALLEL = "data"  # under torchrun every rank extracts a shard of the features (harness.infra.distributed)
+
+
+def _own(spec: models.ModelSpec, config: dict) -> bool:
+    """Whether `spec` names the CLIP this profile trains (config["train"]): "zero_shot:ID"."""
+    return spec.library == "zero_shot" and bool(config.get("train")) and spec.name == config["train"]["id"]
 
 
 def validate(config: dict, ctx: Context) -> None:
-    for name in config.get("datasets") or []:
-        catalog.spec(name)  # a known data set, or the closest names
-    if not config.get("datasets") or "imagenet" in config["datasets"]:
-        data_lib.check_source(config["data"], [config["data"]["split"]])
-    check_specs(config["models"])
+    """Every data set known and its local files in a recognised layout; every model known (harness.data,
+    harness.models); whether a model is CLIP-like shows when it is loaded."""
+    specs = [models.check(m) for m in config["models"]]
+    if any(not _own(s, config) for s in specs):
+        for spec in zero_shot_sets(config):
+            data.check(spec, ["test"])
 
 
 CPU_PROCESSES = True  # on a CPU: its CLIP training runs as one unit beside the other suites' (run --processes)
@@ -53,115 +57,11 @@ def unit_cost(unit: str, config: dict) -> float:
 
 
 def units(config: dict, ctx: Context) -> list[str]:
-    out = [f"train:{config['train']['id']}", f"eval:{config['train']['id']}"] if config.get("train") else []
-    return out + [f"eval:{m['id']}" for m in config["models"]]
-
-
-def tokenizer(context_length: int = 77):
-    """open_clip's bundled CLIP BPE tokenizer (no download), padding/truncating to context_length."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer(context_length=context_length)
-
-
-def templates(config: dict) -> list[str]:
-    if config["templates"] == "openai_imagenet":
-        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-        return list(OPENAI_IMAGENET_TEMPLATES)
-    return list(config["templates"])
-
-
-# ---------------------------------------------------------------------------------------------- training
-def _attributes(x: torch.Tensor, thresholds: tuple[float, float] | None = None):
-    """Per image: inked area and mean ink (28×28 grayscale in [0, 1]); words by the training medians."""
-    ink = x > 0.1
-    area = ink.float().mean(dim=(1, 2))
-    darkness = (x * ink).sum(dim=(1, 2)) / ink.sum(dim=(1, 2)).clamp(min=1)
-    thresholds = thresholds or (area.median().item(), darkness.median().item())
-    size = np.where(area.numpy() > thresholds[0], "large", "small")
-    tone = np.where(darkness.numpy() > thresholds[1], "light", "dark")  # Fashion-MNIST ink is bright on black
-    return size, tone, thresholds
-
-
-def _raw(data: data_lib.ImageData, idx: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(data.pixels(idx).astype(np.float32) / 255.0)
-
-
-def caption(template: str, classname: str, size: str = "", tone: str = "") -> str:
-    words = " ".join(w for w in (size, tone, classname) if w)
-    return template.format(words)
-
-
-def build_clip(spec: dict) -> CLIP:
-    m = spec["model"]
-    return CLIP(CLIPConfig(embed_dim=m["embed_dim"], vision=clip_vision_config(num_classes=m["embed_dim"],
-                                                                               **m["vision"]),
-                           text=CLIPTextConfig(**m["text"])))
-
-
-def checkpoint_path(cache_dir: Path, config: dict, device: torch.device | str) -> Path:
-    """Where the trained CLIP is kept: by what it was trained on and with, and the kind of device."""
-    return checkpoints.path(cache_dir, "zero_shot", {k: config[k] for k in ("classnames", "train")}, device)
-
-
-def trained_clip(config: dict, ctx: Context) -> tuple[CLIP, dict]:
-    """The default profile's CLIP: trained once (deterministic) and saved, then read from its checkpoint.
-    Under torchrun rank 0 trains (or reads the checkpoint) and broadcasts the weights to the other ranks."""
-    path = checkpoint_path(ctx.cache_dir, config, ctx.device)
-    loaded = _train_once(config, ctx, path) if distributed.is_main() or not distributed.active() else None
-    if distributed.active():
-        state = distributed.broadcast(None if loaded is None else
-                                      ({k: v.cpu() for k, v in loaded[0].state_dict().items()}, loaded[1]))
-        model = build_clip(config["train"])
-        model.load_state_dict(state[0])
-        loaded = model.to(ctx.device).eval(), state[1]
-    model, meta = loaded
-    return model.to(ctx.device).eval(), meta["stats"]
-
-
-def _train_once(config: dict, ctx: Context, path: Path) -> tuple[CLIP, dict]:
-    """(model, meta) from the checkpoint at `path`, training and saving it first when there is none (or a damaged
-    one). A second run sharing the cache waits for the first to finish training instead of training again."""
-    with cache.lock(path, "training the zero-shot CLIP"):
-        loaded = checkpoints.load_or_none(path, lambda meta: build_clip(meta["config"]), ctx.device)
-        if loaded is None:
-            _train(config, ctx, path)
-            loaded = checkpoints.load(path, lambda meta: build_clip(meta["config"]), ctx.device)
-    return loaded
-
-
-def _train(config: dict, ctx: Context, path: Path) -> None:
-    spec = config["train"]
-    d = spec["data"]
-    train_set = data_lib.load(d["name"], "train")
-    idx = data_lib.balanced_subset(train_set.labels, d["per_class"], seed=d["subset_seed"])
-    x, _ = data_lib.grayscale_tensors(train_set, idx, channels=3)
-    labels = train_set.labels[idx]
-    size, tone, thresholds = _attributes(_raw(train_set, idx))
-    # every caption there can be, tokenised once: table[class, large?, light?, template, say size?, say tone?]
-    tok = tokenizer(spec["model"]["text"]["context_length"])
-    names, temps, p = config["classnames"], spec["templates"], spec["attribute_prob"]
-    keys = [(c, a, b, t, s, u) for c in range(len(names)) for a in range(2) for b in range(2)
-            for t in range(len(temps)) for s in range(2) for u in range(2)]
-    table = tok([caption(temps[t], names[c], ("small", "large")[a] if s else "", ("dark", "light")[b] if u else "")
-                 for c, a, b, t, s, u in keys]).reshape(len(names), 2, 2, len(temps), 2, 2, -1)
-    label = torch.from_numpy(np.asarray(labels))
-    large, light = torch.from_numpy(size == "large").long(), torch.from_numpy(tone == "light").long()
-
-    def captions(batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        t = torch.randint(0, len(temps), (len(batch),), generator=g)
-        say_size = (torch.rand(len(batch), generator=g) < p).long()
-        say_tone = (torch.rand(len(batch), generator=g) < p).long()
-        return table[label[batch], large[batch], light[batch], t, say_size, say_tone]
-
-    torch.manual_seed(spec["seed"])
-    model = build_clip(spec).to(ctx.device)
-    recipe = Recipe(label_smoothing=0.0, **spec["recipe"])
-    stats = train_clip(model, x.to(ctx.device), captions, recipe, seed=spec["seed"], desc=f"train {spec['id']}")
-    stats.update(train_images=len(idx), steps=recipe.steps, attribute_thresholds=list(thresholds),
-                 params=sum(q.numel() for q in model.parameters()))
-    checkpoints.save(path, model, {"stats": stats, "config": spec})
+    """The profile's own CLIP (named "zero_shot:ID"): trained, then evaluated; any other model: evaluated."""
+    out = []
+    for spec in map(models.parse, config["models"]):
+        out += [f"train:{spec.name}", f"eval:{spec.name}"] if _own(spec, config) else [f"eval:{spec.id}"]
+    return out
 
 
 # -------------------------------------------------------------------------------------------- evaluation
@@ -172,18 +72,18 @@ def _features(encode, data, transform, idx, model_id: str, weights: str, config:
 
 
 def _eval_default(config: dict, ctx: Context) -> list[dict]:
-    model, stats = trained_clip(config, ctx)
+    model, stats = trained_clip(config, ctx.device, ctx.cache_dir)
     spec, d = config["train"], config["data"]
-    test = data_lib.load(d["name"], d["split"])
-    train_set = data_lib.load(spec["data"]["name"], "train")
-    names, held_out = config["classnames"], templates(config)
+    test = data.load(d["name"], d["split"])
+    train_set = data.load(spec["data"]["name"], "train")
+    names, held_out = config["classnames"], list(config["templates"])
     tok = tokenizer(spec["model"]["text"]["context_length"])
-    transform = data_lib.GrayscaleTransform(channels=3)
+    transform = GrayscaleTransform(channels=3)
     weights = weights_hash(model)
     common = {"weights": f"trained ({spec['id']})", "dataset": d["name"], "temperature": stats["temperature"],
               "logit_scale": stats["logit_scale"], "train_images": stats["train_images"]}
 
-    test_idx = data_lib.balanced_subset(test.labels, d["test_per_class"], seed=0)
+    test_idx = balanced_subset(test.labels, d["test_per_class"], seed=0)
     feats = _features(model.encode_image, test, transform, test_idx, spec["id"], weights, config, ctx, "test")
     image_features = torch.from_numpy(feats.features)
     rows, preds, classifiers = [], {}, {}
@@ -195,7 +95,7 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
                      "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m, **common})
 
     # the linear probe on the same image tower (its embeddings), beside zero-shot
-    probe_idx = data_lib.balanced_subset(train_set.labels, config["probe"]["train_per_class"], seed=0)
+    probe_idx = balanced_subset(train_set.labels, config["probe"]["train_per_class"], seed=0)
     ftr = _features(model.encode_image, train_set, transform, probe_idx, spec["id"], weights, config, ctx,
                     "probe train")
     res = linear_probe(ftr.features, ftr.labels, feats.features, feats.labels, num_classes=len(names),
@@ -206,8 +106,8 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
                  **common})
 
     # retrieval: the first retrieval_per_class test images of each class, one held-out-template caption each
-    r_idx = data_lib.balanced_subset(test.labels, d["retrieval_per_class"], seed=0)
-    size, tone, _ = _attributes(_raw(test, r_idx), tuple(stats["attribute_thresholds"]))
+    r_idx = balanced_subset(test.labels, d["retrieval_per_class"], seed=0)
+    size, tone, _ = attributes(raw(test, r_idx), tuple(stats["attribute_thresholds"]))
     texts = [caption(held_out[j % len(held_out)], names[test.labels[i]], size[j], tone[j])
              for j, i in enumerate(r_idx)]
     with torch.no_grad():
@@ -236,83 +136,86 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
     return rows
 
 
-def zero_shot_sets(config: dict) -> list[dict]:
-    """The data sets a pretrained model is evaluated on: config["datasets"] (names from harness.catalog), or the
-    one declared by config["data"] / "classnames" / "templates" (ImageNet by default)."""
-    d = config["data"]
+def zero_shot_sets(config: dict) -> list[data.DataSpec]:
+    """The data sets a model is evaluated on: config["datasets"] (harness.data declarations: class names and
+    templates their own, from files, or the catalog's), or else the default profile's own data set with its class
+    names and held-out templates."""
     if config.get("datasets"):
-        return [{"name": n, "root": d.get("imagenet_dir") if n == "imagenet" else
-                 config.get("dataset_roots", {}).get(n), "test_per_class": d.get("test_per_class")}
-                for n in config["datasets"]]
-    return [{"name": d["name"], "root": d.get("imagenet_dir"), "split": d["split"],
-             "test_per_class": d.get("test_per_class"), "classnames": config["classnames"],
-             "templates": config["templates"]}]
+        return [data.parse(d) for d in config["datasets"]]
+    d = config["data"]
+    return [data.parse({"name": d["name"], "classnames": list(config["classnames"]),
+                        "templates": list(config["templates"]), "test_per_class": d.get("test_per_class")})]
 
 
-def _eval_pretrained(spec: dict, config: dict, ctx: Context) -> list[dict]:
-    """One open_clip model (and the reference converted from it) on each of the configured data sets."""
-    import open_clip
-
-    encoder = load_encoder(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
-    tok = open_clip.get_tokenizer(spec["name"])
-    encoders = [encoder] + ([reference(encoder)] if spec.get("with_reference") else [])
+def _eval_pretrained(spec: models.ModelSpec, config: dict, ctx: Context) -> list[dict]:
+    """One CLIP-like model (and the reference converted from it) on each of the configured data sets."""
+    encoder = models.resolve(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
+    if not encoder.clip_like:
+        raise ValueError(f"{spec.string} is not CLIP-like (it needs encode_text and a tokenizer): zero-shot "
+                         "classification needs a text tower; probe it with the linear_probe suite instead")
+    tok = encoder.tokenizer
+    encoders = [encoder] + ([models.reference(encoder)] if spec.with_reference else [])
     rows = []
-    for ds in zero_shot_sets(config):
-        entry = catalog.CATALOG.get(ds["name"])
+    sets = zero_shot_sets(config)
+    for ds in sets:
+        entry = catalog.CATALOG.get(ds.name)
         # a spec's own published_top1 (ImageNet's, or its one data set's) wins: a local weight file names no tag
-        own = "published_top1" in spec and ("classnames" in ds or ds["name"] == "imagenet")
-        published = spec["published_top1"] if own else \
-            (entry.published.get(f"{spec['name']}/{spec.get('weights', 'random')}") if entry else None)
-        common = {"model": spec["id"], "weights": spec.get("weights", "random"), "dataset": ds["name"],
+        own = "published_top1" in spec.extra and (len(sets) == 1 or ds.name == "imagenet")
+        published = spec.extra["published_top1"] if own else \
+            (entry.published.get(f"{spec.name}/{spec.weights}") if entry else None)
+        common = {"model": spec.id, "weights": spec.weights, "dataset": ds.name,
                   **({"published_top1": published, "published_source": config.get("published_source",
                                                                                    catalog.OPENAI_SOURCE)}
                      if published is not None else {})}
-        if entry is not None and entry.task == "retrieval":
+        if data.task(ds) == "retrieval":
             rows += _retrieval_rows(encoders, tok, ds, config, ctx, common)
         else:
             rows += _classification_rows(encoders, encoder, tok, ds, config, ctx, common)
     return rows
 
 
-def _classification_rows(encoders, encoder, tok, ds: dict, config: dict, ctx: Context, common: dict) -> list[dict]:
+def _classification_rows(encoders, encoder, tok, ds: data.DataSpec, config: dict, ctx: Context,
+                         common: dict) -> list[dict]:
     import open_clip
 
-    if "classnames" in ds:  # declared in the suite config
-        data = data_lib.load(ds["name"], ds["split"], **({"root": ds["root"]} if ds["root"] else {}))
-        names = data.classnames if ds["classnames"] == "imagenet" else ds["classnames"]
-        temps = templates({"templates": ds["templates"]})
-        label = ds["templates"] if isinstance(ds["templates"], str) else "config"
-    else:
-        data = catalog.load(ds["name"], "test", ds["root"])
-        names, temps, label = data.classnames, catalog.templates(catalog.spec(ds["name"])), "catalog"
-    idx = data_lib.balanced_subset(data.labels, ds["test_per_class"], seed=0) if ds.get("test_per_class") else None
-    rows, preds, classifiers = [], {}, {}
+    test = data.load(ds, "test")
+    names, temps = test.classnames, test.templates
+    # where the templates came from: the catalog's (or CLIP's plain one), the config's list, or a file
+    label = "catalog" if ds.templates is None else Path(ds.templates).name if isinstance(ds.templates, str) \
+        else "config"
+    per_class = ds.options.get("test_per_class")
+    idx = balanced_subset(test.labels, per_class, seed=0) if per_class else None
+    rows, preds, classifiers = [], [], []
     for enc in encoders:
         t0 = time.perf_counter()
         clf = zero_shot_classifier(enc.module, tok, names, temps, device=ctx.device)
-        feats = _features(enc.encode, data, enc.transform, idx, enc.id, enc.weights, config, ctx, enc.id)
+        feats = _features(enc.encode_image, test, enc.transform, idx, enc.id, enc.weights, config, ctx, enc.id)
         m = classification_metrics(torch.from_numpy(feats.features), clf.cpu(), feats.labels)
-        preds[enc.library], classifiers[enc.library] = m.pop("predictions"), clf
+        preds.append(m.pop("predictions"))
+        classifiers.append(clf)
         rows.append({**common, "library": enc.library, "task": "classification",
                      "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m,
                      "skipped_images": len(feats.skipped), "seconds": time.perf_counter() - t0})
-    rows[0]["classifier_max_abs_diff"] = (classifiers["open_clip"] - open_clip.build_zero_shot_classifier(
-        encoder.module, tok, names, temps, device=ctx.device)).abs().max().item()
-    if len(rows) == 2:
-        rows[1]["classifier_max_abs_diff"] = (classifiers["reference"] - classifiers["open_clip"]).abs().max().item()
-        rows[1]["prediction_agreement"] = float((preds["reference"] == preds["open_clip"]).mean())
+    # harness.zero_shot_classifier against open_clip's own builder, on the model's own text tower (it takes one
+    # list of templates for every class)
+    if not isinstance(temps, dict):
+        rows[0]["classifier_max_abs_diff"] = (classifiers[0] - open_clip.build_zero_shot_classifier(
+            encoder.module, tok, names, temps, device=ctx.device)).abs().max().item()
+    if len(rows) == 2:  # the reference twin against the model it was converted from
+        rows[1]["classifier_max_abs_diff"] = (classifiers[1] - classifiers[0]).abs().max().item()
+        rows[1]["prediction_agreement"] = float((preds[1] == preds[0]).mean())
     return rows
 
 
 def _retrieval_rows(encoders, tok, ds: dict, config: dict, ctx: Context, common: dict) -> list[dict]:
     """Image-text retrieval recall@1/5/10 both ways (CLIP_benchmark's definition) on an image–caption set."""
-    r = catalog.load_retrieval(ds["name"], ds["root"])
+    r = data.load_retrieval(ds)
     rows = []
     for enc in encoders:
         t0 = time.perf_counter()
-        feats = _features(enc.encode, r.data, enc.transform, None, enc.id, enc.weights, config, ctx, enc.id)
+        feats = _features(enc.encode_image, r.data, enc.transform, None, enc.id, enc.weights, config, ctx, enc.id)
         with torch.no_grad():
-            text = torch.cat([enc.module.encode_text(tok(r.captions[i: i + 256]).to(ctx.device)).float().cpu()
+            text = torch.cat([enc.encode_text(tok(r.captions[i: i + 256]).to(ctx.device)).float().cpu()
                               for i in range(0, len(r.captions), 256)])
         kept = {int(row): k for k, row in enumerate(feats.indices)}  # unreadable images drop out, their captions too
         captions = [j for j, owner in enumerate(r.caption_image) if owner in kept]
@@ -329,12 +232,23 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     kind, _, model_id = unit.partition(":")
     train = config.get("train")
     if kind == "train":
-        _, stats = trained_clip(config, ctx)
+        _, stats = trained_clip(config, ctx.device, ctx.cache_dir)
         return [{"model": model_id, "library": "reference", "task": "training", "weights": "trained (here)",
                  "dataset": train["data"]["name"], **{k: v for k, v in stats.items() if k != "attribute_thresholds"}}]
-    if train and model_id == train["id"]:
+    spec = next(s for s in map(models.parse, config["models"]) if (s.name if _own(s, config) else s.id) == model_id)
+    if _own(spec, config):
         return _eval_default(config, ctx)
-    return _eval_pretrained(next(m for m in config["models"] if m["id"] == model_id), config, ctx)
+    return _eval_pretrained(spec, config, ctx)
+
+
+def stages(read) -> list[tuple[str, float]]:
+    """(stage, seconds) of a run, from its own table: each unit (the CLIP's training, each evaluation)."""
+    zs = read("zero_shot")
+    if zs is None or "unit_seconds" not in zs:
+        return []
+    units = zs.drop_duplicates("unit")
+    return [("training the CLIP" if str(u["unit"]).startswith("train") else f"unit {u['unit']}",
+             float(u["unit_seconds"])) for _, u in units.iterrows()]
 
 
 def tables(rows: list[dict], config: dict) -> list[Table]:
@@ -351,7 +265,7 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
             "mean_per_class_recall", *recall, "chance_R@1", "distinct_captions", "temperature",
             "classifier_max_abs_diff", "prediction_agreement", "published_top1", "diff_vs_published", "datasets",
             "final_loss", "train_seconds"]
-    if config.get("train"):
+    if any(_own(models.parse(m), config) for m in config["models"]):
         t = config["train"]
         notes = (
             "**What the default profile measures: the whole zero-shot pipeline on self-trained weights, not a "

@@ -27,7 +27,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageEnhance
 
 SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "china", "flower", "hubble_deep_field",
@@ -121,7 +120,7 @@ UNREADABLE_ODDITIES = 2  # the truncated and the empty file: skipped and counted
 def write_tree(root: Path, classes: int, train_per_class: int, val_per_class: int, seed: int,
                workers: int = 1) -> dict:
     """The ImageNet-shaped tree under root; returns its counts and bytes."""
-    from .data import imagenet_wnids
+    from ..data.imagenet import wnids as imagenet_wnids
 
     wnids = imagenet_wnids()[:classes]
     jobs = []
@@ -148,20 +147,21 @@ def write_tree(root: Path, classes: int, train_per_class: int, val_per_class: in
 
 _TINY_TEXT = {"layers": 1, "width": 64, "heads": 2}
 _TINY_VISION = {"layers": 1, "width": 64, "head_width": 32}
-_CLIP = {"library": "open_clip", "name": "ViT-B-32", "with_reference": True,
-        "kwargs": {"vision_cfg": _TINY_VISION, "text_cfg": _TINY_TEXT, "embed_dim": 32}}
+_CLIP = {"model": "open_clip:ViT-B-32/openai", "with_reference": True,
+         "kwargs": {"vision_cfg": _TINY_VISION, "text_cfg": _TINY_TEXT, "embed_dim": 32}}
 # The full profiles with every model shrunk (one block per tower, narrow towers; images at their real 224 pixels,
 # 80 templates × the classes present): what a CPU gets through in minutes, as `--set` assignments.
 SMALL_MODELS = {
-    "agreement.models": ["vit_tiny_patch16_224"], "agreement.gradient_models": [],
-    "agreement.clip.models": ["ViT-S-32"], "agreement.clip.gradient_models": [], "agreement.clip.timm_towers": {},
+    "agreement.models": ["timm:vit_tiny_patch16_224"], "agreement.gradient_models": [],
+    "agreement.clip.models": ["open_clip:ViT-S-32"], "agreement.clip.gradient_models": [],
+    "agreement.clip.timm_towers": {},
     "agreement.dtypes": ["float32"], "agreement.photos": ["astronaut"], "agreement.random_inputs": 1,
     "agreement.attention.seq_lens": [7], "agreement.attention.heads": [2],
     "linear_probe.models": [
-        {"id": "vit_base_patch16_224.augreg_in21k", "library": "timm", "name": "vit_base_patch16_224.augreg_in21k",
-         "kwargs": {"depth": 1, "embed_dim": 64, "num_heads": 2}, "weights": "pretrained", "with_reference": True},
-        {"id": "ViT-B-32/openai", **_CLIP, "weights": "openai"}],
-    "zero_shot.models": [{"id": "ViT-B-32/openai", **_CLIP, "weights": "openai", "published_top1": 63.32}],
+        {"model": "timm:vit_base_patch16_224.augreg_in21k", "kwargs": {"depth": 1, "embed_dim": 64, "num_heads": 2},
+         "weights": "pretrained", "with_reference": True},
+        _CLIP],
+    "zero_shot.models": [{**_CLIP, "published_top1": 63.32}],
     "data_scale.sizes_per_class": [1], "data_scale.seeds": [0], "data_scale.data.test_per_class": 1,
     "data_scale.data.workers": 0, "data_scale.step_policy": {"min_steps": 2, "epochs": 1},
     "data_scale.architectures.0.kwargs.depth": 1, "data_scale.architectures.0.kwargs.width": 32,
@@ -179,7 +179,7 @@ SMALL_MODELS = {
 # --------------------------------------------------------------------------------------------- checkpoints
 def _full_specs(assignments: dict) -> dict[str, dict]:
     """Each suite's full-profile config with the --set overrides applied."""
-    from .suite import apply_overrides, load_suite, overrides_for, suite_names
+    from ..infra.suite import apply_overrides, load_suite, overrides_for, suite_names
 
     configs = {}
     for name in suite_names():
@@ -188,24 +188,9 @@ def _full_specs(assignments: dict) -> dict[str, dict]:
     return configs
 
 
-def _save_timm(name: str, path: Path, kwargs: dict | None = None) -> Path:
-    from safetensors.torch import save_file
-
-    from .models import load_timm
-
-    model = load_timm(name, "random", seed=0, **(kwargs or {}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
-def _save_open_clip(name: str, path: Path, kwargs: dict | None = None) -> Path:
-    from .models import load_open_clip
-
-    torch.save(load_open_clip(name, "random", seed=0, **(kwargs or {})).state_dict(), path)
-    return path
-
-
 def write_checkpoints(root: Path, assignments: dict, imagenet_dir: Path, suites: list[str] | None = None) -> dict:
+    from .. import models
+
     """A checkpoint for every model the full profiles name (as --set shapes them), and the overrides that point
     the full profiles at them and at the tree: {suite: {key: value}}."""
     configs = _full_specs(assignments)
@@ -213,33 +198,34 @@ def write_checkpoints(root: Path, assignments: dict, imagenet_dir: Path, suites:
     wdir.mkdir(parents=True, exist_ok=True)
     written: dict[tuple, Path] = {}
 
-    def file_for(library: str, name: str, kwargs: dict | None = None) -> str:
-        key = (library, name, json.dumps(kwargs or {}, sort_keys=True))
+    def with_file(declared, weights=None) -> dict:
+        """The declaration with its weights replaced by a checkpoint of its own initialisation, in its library's
+        format (harness.models.save_random), written once per architecture and kwargs."""
+        spec = models.parse(declared, weights)
+        key = (spec.string, json.dumps(spec.kwargs, sort_keys=True))
         if key not in written:
-            stem = name.replace("/", "_") + (f"-{len(written)}" if kwargs else "")
-            if library == "timm":
-                written[key] = _save_timm(name, wdir / f"{stem}.safetensors", kwargs)
-            else:
-                written[key] = _save_open_clip(name, wdir / f"{stem}.pt", kwargs)
-        return str(written[key])
+            stem = spec.name.replace("/", "_") + (f"-{len(written)}" if spec.kwargs else "")
+            written[key] = models.save_random(spec, wdir / stem)
+        out = dict(declared) if isinstance(declared, dict) else {"model": declared}
+        out["model"] = spec.string  # an open_clip tag in the name would name other weights than the file's
+        out.setdefault("id", spec.id)
+        return {**out, "weights": str(written[key])}
 
     overrides: dict[str, dict] = {}
     suites = suites or list(configs)
     if "agreement" in suites:
-        a = configs["agreement"]
+        a, clip = configs["agreement"], configs["agreement"]["clip"]
         overrides["agreement"] = {
-            "weight_files": {m: file_for("timm", m) for m in dict.fromkeys(a["models"] + a["gradient_models"])},
-            "clip.weights": {m: file_for("open_clip", m) for m in dict.fromkeys(
-                a["clip"]["models"] + a["clip"]["gradient_models"] + list(a["clip"]["timm_towers"]))},
+            "models": [with_file(m, a.get("weights")) for m in a["models"]],
+            "gradient_models": [with_file(m, a.get("weights")) for m in a["gradient_models"]],
+            "clip.models": [with_file(m) for m in clip["models"]],
+            "clip.gradient_models": [with_file(m) for m in clip["gradient_models"]],
         }
     for suite in [s for s in ("linear_probe", "zero_shot") if s in suites]:
-        models = [dict(m) for m in configs[suite]["models"]]
-        for m in models:
-            if m["library"] in ("timm", "open_clip"):
-                m["weights"] = file_for(m["library"], m["name"], m.get("kwargs"))
-        overrides[suite] = {"data.imagenet_dir": str(imagenet_dir), "models": models}
+        declared = [with_file(m) if models.savable(m) else m for m in configs[suite]["models"]]
+        overrides[suite] = {"datasets": [{"name": "imagenet", "root": str(imagenet_dir)}], "models": declared}
     if "data_scale" in suites:
-        overrides["data_scale"] = {"data.imagenet_dir": str(imagenet_dir)}
+        overrides["data_scale"] = {"data.root": str(imagenet_dir)}
     for key, value in assignments.items():  # the --set overrides stay in force for the run
         suite, _, rest = key.partition(".")
         if suite in overrides and rest not in overrides[suite]:
@@ -249,7 +235,7 @@ def write_checkpoints(root: Path, assignments: dict, imagenet_dir: Path, suites:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .suite import parse_assignments
+    from ..infra.suite import parse_assignments
 
     p = argparse.ArgumentParser(prog="python -m harness rehearsal", description=__doc__.splitlines()[0])
     p.add_argument("dir", type=Path, help="where the tree, the weights and overrides.json are written")
@@ -265,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="whose full-profile models get checkpoints and overrides (comma-separated)")
     args = p.parse_args(argv)
     if not 1 <= args.classes <= 1000:
-        from .suite import ConfigError
+        from ..infra.suite import ConfigError
 
         raise ConfigError(f"--classes {args.classes}: ImageNet has 1,000 classes; choose 1 to 1000")
     root = args.dir.resolve()

@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import distributed, memory, runner
-from .numerics import DTYPES
-from .suite import ConfigError, known_keys, parse_assignments
+from ..infra import distributed, memory, runner
+from ..infra.suite import ConfigError, known_keys, parse_assignments
+from ..methods.numerics import DTYPES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="recompute everything; read and write no cache")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
                      help="override a config field (repeatable; dotted keys, list items by index, VALUE parsed as "
-                          "JSON where it parses): --set data.imagenet_dir=/data/imagenet --set batch_size=512; "
+                          "JSON where it parses): --set data.root=/data/imagenet --set batch_size=512; "
                           "SUITE.KEY for one suite only")
     run.add_argument("--overrides", type=Path, metavar="FILE",
                      help="a JSON file {suite: {key: value}} of overrides (python -m harness rehearsal writes one)")
@@ -218,8 +218,8 @@ def read_overrides(path: Path | None) -> dict:
 
 GPU_CHECK_SUITES = ["agreement", "data_scale", "zero_shot", "linear_probe"]
 # --quick: the agreement suite on its two smallest models (every dtype and backend), no training suites
-QUICK_AGREEMENT = {"models": ["vit_tiny_patch16_224"], "gradient_models": ["vit_tiny_patch16_224"],
-                   "clip.models": ["ViT-S-32"], "clip.gradient_models": [], "clip.timm_towers": {},
+QUICK_AGREEMENT = {"models": ["timm:vit_tiny_patch16_224"], "gradient_models": ["timm:vit_tiny_patch16_224"],
+                   "clip.models": ["open_clip:ViT-S-32"], "clip.gradient_models": [], "clip.timm_towers": {},
                    "attention.seq_lens": [50, 197], "attention.heads": [4]}
 # --device cpu: every step of the check, each suite shrunk to fit CI (a few minutes on 2 cores) through the same
 # code: the smallest models, bfloat16/float16 on the tiny ViT, the loss and attention; two small training sizes
@@ -230,16 +230,18 @@ CPU_SIZED = {
                    "step_policy": {"min_steps": 20, "epochs": 1}, "architectures.3.sizes": [10]},
     "zero_shot": {"train.recipe.steps": 20, "train.data.per_class": 20, "data.test_per_class": 20,
                   "data.retrieval_per_class": 10, "probe.train_per_class": 20},
-    "linear_probe": {"data.train_per_class": 20, "data.test_per_class": 20},  # models: _cpu_sized()
+    "linear_probe": {"datasets.0.train_per_class": 20, "datasets.0.test_per_class": 20},  # models: _cpu_sized()
 }
 
 
 def _cpu_sized(name: str) -> dict:
     """CPU_SIZED[name]; the linear probe without the data-scale suite's models (they would train at full size)."""
+    from .. import models as models_lib
+
     sized = dict(CPU_SIZED[name])
     if name == "linear_probe":
         models = runner.load_suite(name).get_config("default")["models"]
-        sized["models"] = [m for m in models if m.get("library") != "data_scale"]
+        sized["models"] = [m for m in models if models_lib.parse(m).library != "data_scale"]
     return sized
 
 

@@ -1,4 +1,4 @@
-"""What an evaluator receives (Context) and returns (Table); see harness.runner for the protocol."""
+"""What an evaluator receives (Context) and returns (Table); see harness.infra.runner for the protocol."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 DEFAULT_CACHE = Path.home() / ".cache" / "vitclip-harness"
-SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
 
 
 @dataclass
@@ -81,7 +81,7 @@ def parse_assignments(items: list[str]) -> dict[str, object]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set batch_size=128 or "
-                              "--set data.imagenet_dir=/data/imagenet")
+                              "--set data.root=/data/imagenet")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:

@@ -17,7 +17,7 @@ import torch
 
 from .cache import atomic_write, atomic_write_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_sha() -> str:
@@ -116,7 +116,7 @@ def code_hash(*modules: str) -> str:
 
 def provenance(config: dict, device: torch.device | str, seed: int) -> dict:
     """Columns every published row carries: how, where and with what it was produced."""
-    from . import __version__
+    from .. import __version__
 
     return {
         "harness_version": __version__,
@@ -176,7 +176,8 @@ GUARANTEES = """## What a run guarantees (and the tests that hold it to it)
   this index are written under one lock, so two runs sharing results/ never interleave them.
 - **Resumable runs**: each finished unit (a model, a training run) and each chunk of features is cached at once;
   a killed run resumes at the first unfinished one and the resumed tables equal an uninterrupted run's
-  (tests/test_faults.py: 3 SIGKILLs at random moments, then a resume: same tables).
+  (tests/test_faults.py: SIGKILLs after the 2nd, 4th and 6th of 10 units, then a resume: same tables); the
+  temporary file of a write cut short is removed by the next holder of that entry's lock.
 - **Safe concurrent runs**: two runs sharing one cache and one results/ folder: the second waits for a unit the
   first is computing and reads it; every unit is computed once and both tables equal a single run's (2 runs at once).
 - **Damaged cache entries detected**: sizes and a sha256 are recorded with every entry; a truncated, empty,

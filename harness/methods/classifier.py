@@ -8,7 +8,8 @@
   their own captions among the k most similar captions; text -> image recall@k the fraction of captions whose
   image is among the k most similar images (LAION CLIP_benchmark's definition).
 
-Works with any model that has encode_text(tokens, normalize=True): the reference CLIP and open_clip's.
+Works with any model that has encode_text(tokens, normalize=True): the reference CLIP, open_clip's, a user's
+CLIP-like model (harness.models.python).
 """
 
 from __future__ import annotations
@@ -21,12 +22,24 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def zero_shot_classifier(model, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[str | Callable],
+def zero_shot_classifier(model, tokenizer: Callable, classnames: Sequence[str],
+                         templates: Sequence[str | Callable] | dict[str, Sequence[str]],
                          device: torch.device | str | None = None, classes_per_batch: int = 10) -> torch.Tensor:
-    """(D_e, C) matrix whose column c is class c's prompt-ensembled text embedding (unit norm)."""
+    """(D_e, C) matrix whose column c is class c's prompt-ensembled text embedding (unit norm). `templates`: one
+    list for every class ("{}" takes the class name; or callables), or {class name: its own prompts} (CuPL's
+    class-specific prompts), each class averaging its own."""
     if not classnames or not templates:
         raise ValueError("zero_shot_classifier needs at least one class name and one template")
     device = device or next(model.parameters()).device
+    if isinstance(templates, dict):
+        missing = [c for c in classnames if not templates.get(c)]
+        if missing:
+            raise ValueError(f"class-specific prompts lack classes: {', '.join(missing[:5])}")
+        columns = []
+        for c in classnames:
+            emb = model.encode_text(tokenizer(list(templates[c])).to(device), normalize=True).mean(dim=0)
+            columns.append(emb / emb.norm())
+        return torch.stack(columns, dim=1)
     columns = []
     for start in range(0, len(classnames), classes_per_batch):
         names = classnames[start: start + classes_per_batch]

@@ -58,7 +58,7 @@ def _size(value) -> int | None:
 
 def batched(transform) -> BatchTransform | None:
     """The BatchTransform equal to `transform`, or None when a step is not one it knows."""
-    from .data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, GrayscaleTransform
+    from .images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, GrayscaleTransform
 
     if isinstance(transform, GrayscaleTransform):
         return BatchTransform(None, "bilinear", None, (FASHION_MNIST_MEAN,) * transform.channels,

@@ -136,10 +136,17 @@ def damaged(error: DamagedEntry) -> None:
     warnings.warn(f"damaged cache entry, recomputing it: {error}", stacklevel=3)
 
 
+def temporaries(path: Path) -> list[Path]:
+    """The temporary files atomic_write leaves beside `path` when its writer is killed mid-write."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.stem}.*.tmp{path.suffix}")) if path.parent.is_dir() else []
+
+
 @contextlib.contextmanager
 def lock(path: Path, what: str = "", wait: bool = True) -> Iterator[bool]:
     """Hold the advisory lock of `path` (the file `path.lock`); another process holding it is waited for, or with
-    wait=False not: the context then yields False and holds nothing."""
+    wait=False not: the context then yields False and holds nothing. Whoever writes `path` holds its lock, so the
+    temporaries of `path` found once it is held were left by a writer that was killed: they are removed."""
     lock_path = Path(path).with_name(Path(path).name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -153,6 +160,9 @@ def lock(path: Path, what: str = "", wait: bool = True) -> Iterator[bool]:
                 print(f"waiting for another run to finish {what or path} ...", file=sys.stderr, flush=True)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 held = True
+        if held:
+            for stale in temporaries(Path(path)):
+                stale.unlink(missing_ok=True)
         yield held
     finally:
         if held:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import results
+from ..infra import results
 from .bench import decode_rate
 
 TRAIN, VAL, CLASSES = 1_281_167, 50_000, 1000
@@ -38,27 +38,33 @@ def _time(fn, reps: int = 3) -> float:
     return (time.perf_counter() - t) / reps
 
 
-# the full profiles' image towers (linear_probe and zero_shot): (id, library, name, reference twin probed too)
-TOWERS = [("vit_base_patch16_224.augreg_in21k", "timm", "vit_base_patch16_224", True),
-          ("resnet50.a1_in1k", "timm", "resnet50", False),
-          ("ViT-B-32", "open_clip", "ViT-B-32", True),
-          ("ViT-B-16", "open_clip", "ViT-B-16", True),
-          ("ViT-L-14", "open_clip", "ViT-L-14", True)]
+def towers() -> list:
+    """The image towers the full profiles of linear_probe and zero_shot name (harness.models specs, each
+    architecture once: the rates are the architecture's, measured with random weights)."""
+    from .. import models
+    from ..infra.suite import load_suite
+
+    seen = {}
+    for suite in ("linear_probe", "zero_shot"):
+        for declared in load_suite(suite).get_config("full")["models"]:
+            spec = models.parse(declared)
+            seen.setdefault((spec.string, str(spec.kwargs)), spec)
+    return list(seen.values())
 
 
 def tower_rates(quick: bool) -> pd.DataFrame:
-    from .models import load_open_clip, load_timm
+    """Forward images/s of each tower's image encoder (what feature extraction runs), batch 8, on this CPU."""
+    from .. import models
 
     rows = []
-    for ident, library, name, twin in TOWERS[: 2 if quick else None]:
-        model = load_timm(name) if library == "timm" else load_open_clip(name)
-        encode = model if library == "timm" else model.encode_image
-        size = 224
-        dim = model.num_features if library == "timm" else model.visual.output_dim
-        x = torch.randn(8, 3, size, size)
+    for spec in towers()[: 2 if quick else None]:
+        model = models.resolve({"model": spec.string, "kwargs": spec.kwargs})
+        x = torch.randn(8, *model.input_size)
         with torch.inference_mode():
-            seconds = _time(lambda encode=encode, x=x: encode(x), reps=1 if "L-14" in name else 2)
-        rows.append({"model": ident, "library": library, "feature_dim": dim, "with_reference": twin,
+            dim = model.encode_image(x[:1]).shape[-1]
+            seconds = _time(lambda m=model, x=x: m.encode_image(x), reps=1 if "L-14" in spec.name else 2)
+        rows.append({"model": spec.id, "architecture": spec.string, "feature_dim": dim,
+                     "with_reference": spec.with_reference, "clip_like": model.clip_like,
                      "cpu_images_per_s": 8 / seconds})
         del model
     return pd.DataFrame(rows)
@@ -66,19 +72,17 @@ def tower_rates(quick: bool) -> pd.DataFrame:
 
 def text_rate() -> float:
     """Texts/s of ViT-B-32's text tower (77 tokens), batch 64: the zero-shot classifier's cost per text."""
-    import open_clip
+    from .. import models
 
-    from .models import load_open_clip
-
-    model = load_open_clip("ViT-B-32")
-    tokens = open_clip.get_tokenizer("ViT-B-32")(["a photo of a tench."] * 64)
+    model = models.resolve("open_clip:ViT-B-32")
+    tokens = model.tokenizer(["a photo of a tench."] * 64)
     with torch.inference_mode():
         return 64 / _time(lambda: model.encode_text(tokens), reps=2)
 
 
 def feature_bytes(dim: int) -> float:
     """Bytes per image of a cached feature chunk of 4,096 images (features, label, row), measured on disk."""
-    from . import cache
+    from ..infra import cache
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "chunk.safetensors"
@@ -93,7 +97,7 @@ def probe_rates(quick: bool) -> pd.DataFrame:
     """Seconds per objective evaluation (one L-BFGS step costs about one) at 1,000 classes, float32."""
     import torch.nn.functional as F
 
-    from .linear_probe import BLOCK_ROWS
+    from ..methods.probe import BLOCK_ROWS
 
     rows = []
     sizes = [(8192, 512), (8192, 1024)] if quick else [(8192, 512), (8192, 1024), (32768, 512), (32768, 1024)]
@@ -119,9 +123,9 @@ def probe_rates(quick: bool) -> pd.DataFrame:
 
 def train_rates() -> pd.DataFrame:
     """Steps/s of the data-scale full profile's architectures at batch 256, 64×64, on this CPU (2 steps)."""
-    from .models import build_architecture
-    from .suite import load_suite
-    from .train import Recipe, train
+    from ..infra.suite import load_suite
+    from ..methods.scale_runs import build_architecture
+    from ..methods.train import Recipe, train
 
     cfg = load_suite("data_scale").get_config("full")
     rows = []
@@ -139,7 +143,7 @@ GPU_BENCH = results.REPO_ROOT / "results" / "gpu" / "bench_models.csv"
 def read_bench_table(path: Path) -> tuple[pd.DataFrame, str]:
     """A bench_models.csv written by this repository's code under results/, and the device it names. A table from
     anywhere else is refused: the plan's GPU figures are this repository's own measurements or none."""
-    from .suite import ConfigError
+    from ..infra.suite import ConfigError
 
     path, own = Path(path).resolve(), (results.REPO_ROOT / "results").resolve()
     if not path.is_relative_to(own) or path.suffix != ".csv":
@@ -177,18 +181,17 @@ def plan(quick: bool = False, gpu_bench: Path | None = None) -> tuple[pd.DataFra
         gpu = dict(zip(g["model"], g["images_per_s"].astype(float)))
         fused = table[table["implementation"] == "reference (fused)"]["ratio_to_library"].astype(float)
         twin_ratio = (fused.min(), fused.max()) if len(fused) else None
-    gpu_name = {"vit_base_patch16_224.augreg_in21k": "vit_base_patch16_224", "ViT-B-32": "ViT-B-32",
-                "ViT-L-14": "ViT-L-14"}
     rows = []
     for _, t in towers.iterrows():
         passes = 2 if t["with_reference"] else 1  # library and reference twin each extract their features
         for suite, images in (("linear_probe", TRAIN + VAL), ("zero_shot", VAL)):
-            if suite == "zero_shot" and t["library"] != "open_clip":
+            if suite == "zero_shot" and not t["clip_like"]:
                 continue
             n = images * passes
             decode_s = n / (decode * cores)  # decoding in DataLoader workers, one per core
             cpu_s = n / t["cpu_images_per_s"] + decode_s  # decoding competes with the model for the same cores
-            g_rate = gpu.get(gpu_name.get(t["model"], ""), float("nan"))
+            # the GPU table times the architecture under its timm / open_clip name, without a pretrained tag
+            g_rate = gpu.get(t["architecture"].partition(":")[2].split(".")[0], float("nan"))
             gpu_s = max(n / g_rate, n / (decode * 16))  # the GPU machine: 16 cores decoding
             rows.append({"stage": f"{suite}: features of {t['model']}" + (" + reference" if passes == 2 else ""),
                          "size": f"{n:,} images", "rate": f"{t['cpu_images_per_s']:.1f} img/s CPU forward; "
@@ -196,8 +199,12 @@ def plan(quick: bool = False, gpu_bench: Path | None = None) -> tuple[pd.DataFra
                          "cpu_seconds": cpu_s, "gpu_seconds": gpu_s, "gpu_x8_seconds": gpu_s / 8,
                          "disk_bytes": n * feature_bytes(int(t["feature_dim"])) if suite == "linear_probe" else 0.0})
     # zero-shot classifiers: 80 templates × 1,000 classes through each open_clip text tower (twice with a twin)
-    n_text = TEMPLATES * CLASSES * 2 * 4
-    rows.append({"stage": "zero_shot: classifiers (80 templates × 1,000 classes, 4 models + twins)",
+    from .. import models
+    from ..infra.suite import load_suite
+
+    zero_shot = [models.parse(m) for m in load_suite("zero_shot").get_config("full")["models"]]
+    n_text = TEMPLATES * CLASSES * sum(1 + s.with_reference for s in zero_shot)
+    rows.append({"stage": f"zero_shot: classifiers (80 templates × 1,000 classes, {len(zero_shot)} models + twins)",
                  "size": f"{n_text:,} texts", "rate": f"{texts:.0f} texts/s CPU (ViT-B-32's text tower)",
                  "cpu_seconds": n_text / texts, "gpu_seconds": float("nan"), "gpu_x8_seconds": float("nan"),
                  "disk_bytes": 0.0})
@@ -212,7 +219,7 @@ def plan(quick: bool = False, gpu_bench: Path | None = None) -> tuple[pd.DataFra
                      "(CPU, float32)", "cpu_seconds": seconds, "gpu_seconds": float("nan"),
                      "gpu_x8_seconds": float("nan"), "disk_bytes": 0.0})
     # data_scale full: ImageNet-100 decoded once at 64×64, 3 seeds × 7 sizes × 2 architectures + timm's ViT
-    from .suite import load_suite
+    from ..infra.suite import load_suite
 
     full = load_suite("data_scale").get_config("full")
     policy, batch, classes = full["step_policy"], full["recipe"]["batch_size"], full["data"]["classes"]

@@ -2,12 +2,12 @@
 
 Features are cached under a key of (model id, weights hash, data fingerprint, split, indices, transform,
 dtype, autocast, harness code). They are written in chunks, each atomically and in safetensors with a checksum
-(harness.cache; no pickle): a killed run keeps every finished chunk and resumes at the first missing one; a
+(harness.infra.cache; no pickle): a killed run keeps every finished chunk and resumes at the first missing one; a
 second run with nothing changed reads them all back; a damaged chunk (truncated, empty, of the wrong shape,
 written by other code) is reported with a warning naming the file and computed again.
 
 Two input paths, chosen per data set: in-memory images (Fashion-MNIST's uint8 arrays) are transformed a whole
-batch at a time as tensors (harness.transforms) when the model's preprocessing is one it can batch; image files
+batch at a time as tensors (harness.data.transforms) when the model's preprocessing is one it can batch; image files
 are decoded and transformed in DataLoader workers (`workers`), in pinned memory with non-blocking copies on a GPU.
 `autocast` (e.g. torch.bfloat16) runs the encoder under torch.autocast.
 """
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cache, distributed
-from .data import ImageData, ImageDataset, collate
-from .results import code_hash, stable_hash
-from .transforms import batched
+from ..data.images import ImageData, ImageDataset, collate
+from ..data.transforms import batched
+from ..infra import cache, distributed
+from ..infra.results import code_hash, stable_hash
 
 
 @dataclass
@@ -168,7 +168,7 @@ def extract(
     key = stable_hash({"model": model_id, "weights": weights, "data": data.fingerprint, "split": data.split,
                        "indices": hashlib.sha256(indices.tobytes()).hexdigest(),
                        "transform": repr(fast or transform), "dtype": str(dtype), "autocast": str(autocast),
-                       "code": code_hash("harness.features", "harness.adapters")})
+                       "code": code_hash("harness.methods.features", "harness.models")})
     folder = cache_dir / "features" / key if cache_dir else None
     chunks = [indices[s: s + chunk_size] for s in range(0, len(indices), chunk_size)]
     parts, skipped, from_cache, computed = [], [], 0, 0

@@ -8,10 +8,10 @@ CLIP paper published for it (OpenAI CLIP, data/prompts.md; CLIP_benchmark uses t
 results table (docs/openclip_results.csv) has it, the published zero-shot score of the models the full profiles
 name. Retrieval sets (Flickr30k, MSCOCO) hold an image and its captions.
 
-    from harness import catalog
-    data = catalog.load("cifar10", "test")                  # an ImageData, as harness.data.load gives
-    data = catalog.load("cifar10", "test", root="/data/cifar10")    # a local copy in the hub's layout
-    catalog.CATALOG["cifar10"].templates
+    from harness import data
+    data.load("cifar10", "test")                                       # an ImageData (harness.data: the registry)
+    data.load({"name": "cifar10", "root": "/data/cifar10"}, "test")    # a local copy in the hub's layout
+    data.catalog.CATALOG["cifar10"].templates
 
 The hub ids are the ones the data sets are published under on the Hugging Face hub; none could be fetched here
 (no hub): the loaders are tested on small copies written in each entry's layout (tests/test_catalog.py).
@@ -24,7 +24,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import FASHION_MNIST_CLASSES, ImageData
+from .fashion_mnist import FASHION_MNIST_CLASSES
+from .images import ImageData
 
 OPENAI_SOURCE = "open_clip results table (docs/openclip_results.csv)"
 
@@ -37,7 +38,7 @@ _PHOTO = ["a photo of a {}.", "a blurry photo of a {}.", "a black and white phot
 
 
 @dataclass(frozen=True)
-class DataSpec:
+class CatalogEntry:
     name: str
     hub_id: str  # where the hub publishes it (read from the Hugging Face cache; HF_DATASETS_OFFLINE=0 fills it)
     splits: dict[str, str]  # role ("train", "test") -> the data set's split name
@@ -57,14 +58,14 @@ def _pub(b32_openai, b32_laion, b16_openai, l14_openai) -> dict[str, float]:
             "ViT-L-14/openai": l14_openai}
 
 
-CATALOG: dict[str, DataSpec] = {s.name: s for s in [
-    DataSpec("cifar10", "uoft-cs/cifar10", {"train": "train", "test": "test"}, "img", "label",
+CATALOG: dict[str, CatalogEntry] = {s.name: s for s in [
+    CatalogEntry("cifar10", "uoft-cs/cifar10", {"train": "train", "test": "test"}, "img", "label",
              templates=tuple(_PHOTO), published=_pub(89.83, 93.58, 90.77, 95.59)),
-    DataSpec("cifar100", "uoft-cs/cifar100", {"train": "train", "test": "test"}, "img", "fine_label",
+    CatalogEntry("cifar100", "uoft-cs/cifar100", {"train": "train", "test": "test"}, "img", "fine_label",
              templates=tuple(_PHOTO), published=_pub(64.23, 75.55, 66.95, 75.82)),
-    DataSpec("food101", "ethz/food101", {"train": "train", "test": "validation"},
+    CatalogEntry("food101", "ethz/food101", {"train": "train", "test": "validation"},
              templates=("a photo of {}, a type of food.",), published=_pub(84.00, 82.69, 88.72, 93.05)),
-    DataSpec("pets", "timm/oxford-iiit-pet", {"train": "train", "test": "test"},
+    CatalogEntry("pets", "timm/oxford-iiit-pet", {"train": "train", "test": "test"},
              classnames=("Abyssinian", "American Bulldog", "American Pit Bull Terrier", "Basset Hound", "Beagle",
                          "Bengal", "Birman", "Bombay", "Boxer", "British Shorthair", "Chihuahua", "Egyptian Mau",
                          "English Cocker Spaniel", "English Setter", "German Shorthaired", "Great Pyrenees",
@@ -73,7 +74,7 @@ CATALOG: dict[str, DataSpec] = {s.name: s for s in [
                          "Samoyed", "Scottish Terrier", "Shiba Inu", "Siamese", "Sphynx",
                          "Staffordshire Bull Terrier", "Wheaten Terrier", "Yorkshire Terrier"),
              templates=("a photo of a {}, a type of pet.",), published=_pub(87.00, 90.76, 88.86, 93.23)),
-    DataSpec("flowers102", "dpdl-benchmark/oxford_flowers102", {"train": "train", "test": "test"},
+    CatalogEntry("flowers102", "dpdl-benchmark/oxford_flowers102", {"train": "train", "test": "test"},
              classnames=(
                  "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea", "english marigold",
                  "tiger lily", "moon orchid", "bird of paradise", "monkshood", "globe thistle", "snapdragon",
@@ -94,35 +95,35 @@ CATALOG: dict[str, DataSpec] = {s.name: s for s in [
                  "camellia", "mallow", "mexican petunia", "bromelia", "blanket flower", "trumpet creeper",
                  "blackberry lily"),
              templates=("a photo of a {}, a type of flower.",), published=_pub(66.70, 70.24, 69.07, 79.23)),
-    DataSpec("stl10", "tanganke/stl10", {"train": "train", "test": "test"},
+    CatalogEntry("stl10", "tanganke/stl10", {"train": "train", "test": "test"},
              templates=("a photo of a {}.", "a photo of the {}."), published=_pub(97.13, 96.56, 98.25, 99.36)),
-    DataSpec("dtd", "tanganke/dtd", {"train": "train", "test": "test"},
+    CatalogEntry("dtd", "tanganke/dtd", {"train": "train", "test": "test"},
              templates=("a photo of a {} texture.", "a photo of a {} pattern.", "a photo of a {} thing.",
                         "a photo of a {} object.", "a photo of the {} texture.", "a photo of the {} pattern.",
                         "a photo of the {} thing.", "a photo of the {} object."),
              published=_pub(44.36, 55.69, 44.95, 55.37)),
-    DataSpec("eurosat", "tanganke/eurosat", {"train": "train", "test": "test"},
+    CatalogEntry("eurosat", "tanganke/eurosat", {"train": "train", "test": "test"},
              classnames=("annual crop land", "forest", "brushland or shrubland", "highway or road",
                          "industrial buildings or commercial buildings", "pasture land", "permanent crop land",
                          "residential buildings or homes or apartments", "river", "lake or sea"),
              templates=("a centered satellite photo of {}.", "a centered satellite photo of a {}.",
                         "a centered satellite photo of the {}."), published=_pub(50.44, 48.06, 55.94, 62.63)),
-    DataSpec("mnist", "ylecun/mnist", {"train": "train", "test": "test"},
+    CatalogEntry("mnist", "ylecun/mnist", {"train": "train", "test": "test"},
              classnames=tuple(str(d) for d in range(10)), templates=('a photo of the number: "{}".',),
              published=_pub(48.39, 69.96, 51.35, 76.34)),
-    DataSpec("fashion_mnist", "zalando-datasets/fashion_mnist", {"train": "train", "test": "test"},
+    CatalogEntry("fashion_mnist", "zalando-datasets/fashion_mnist", {"train": "train", "test": "test"},
              classnames=tuple(FASHION_MNIST_CLASSES), templates=("a photo of a {}.",)),
-    DataSpec("imagenet", "ILSVRC/imagenet-1k", {"train": "train", "test": "validation"},
+    CatalogEntry("imagenet", "ILSVRC/imagenet-1k", {"train": "train", "test": "validation"},
              templates=("openai_imagenet",), published=_pub(63.32, 66.56, 68.34, 75.54)),
-    DataSpec("flickr30k", "nlphuji/flickr30k", {"test": "test"}, task="retrieval", captions_column="caption",
+    CatalogEntry("flickr30k", "nlphuji/flickr30k", {"test": "test"}, task="retrieval", captions_column="caption",
              filter=("split", "test"), published=_pub(68.84, 75.44, 72.18, 75.08)),
-    DataSpec("mscoco", "nlphuji/mscoco_2014_5k_test_image_text_retrieval", {"test": "test"}, task="retrieval",
+    CatalogEntry("mscoco", "nlphuji/mscoco_2014_5k_test_image_text_retrieval", {"test": "test"}, task="retrieval",
              captions_column="caption", published=_pub(40.28, 47.83, 42.75, 46.42)),
 ]}
 
 
-def spec(name: str) -> DataSpec:
-    from .suite import ConfigError
+def entry(name: str) -> CatalogEntry:
+    from ..infra.suite import ConfigError
 
     if name not in CATALOG:
         import difflib
@@ -133,7 +134,7 @@ def spec(name: str) -> DataSpec:
     return CATALOG[name]
 
 
-def templates(s: DataSpec) -> list[str]:
+def templates(s: CatalogEntry) -> list[str]:
     if s.templates == ("openai_imagenet",):
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
@@ -141,7 +142,7 @@ def templates(s: DataSpec) -> list[str]:
     return list(s.templates)
 
 
-def _hub_or_local(s: DataSpec, split: str, root: str | os.PathLike | None):
+def _hub_or_local(s: CatalogEntry, split: str, root: str | os.PathLike | None):
     """The split as a datasets.Dataset: a local copy (the hub's parquet layout, or an ImageFolder) when root is
     given, else the hub id through the Hugging Face cache."""
     import datasets
@@ -149,7 +150,7 @@ def _hub_or_local(s: DataSpec, split: str, root: str | os.PathLike | None):
     if root is not None:
         root = Path(root)
         if not root.exists():
-            from .suite import ConfigError
+            from ..infra.suite import ConfigError
 
             raise ConfigError(f"{s.name}: local copy {root} does not exist")
         parquet = sorted(root.rglob(f"{split}-*.parquet"))
@@ -169,17 +170,9 @@ def _hub_or_local(s: DataSpec, split: str, root: str | os.PathLike | None):
 def load(name: str, role: str, root: str | os.PathLike | None = None) -> ImageData:
     """Split `role` ("train" or "test") of a classification data set, as an ImageData (image and label columns
     named "image" and "label", class names as declared)."""
-    s = spec(name)
+    s = entry(name)
     if s.task != "classification":
         raise ValueError(f"{name} is a retrieval data set: use load_retrieval")
-    if name == "fashion_mnist" and root is None:
-        from .data import load as data_load
-
-        return data_load("fashion_mnist", s.splits[role])
-    if name == "imagenet":
-        from .data import load_imagenet
-
-        return load_imagenet(s.splits[role], root)
     ds, local = _hub_or_local(s, s.splits[role], root)
     ds = _rename(ds, s.image_column, "image")
     ds = _rename(ds, s.label_column, "label")
@@ -202,7 +195,7 @@ class RetrievalData:
 def load_retrieval(name: str, root: str | os.PathLike | None = None) -> RetrievalData:
     import datasets
 
-    s = spec(name)
+    s = entry(name)
     if s.task != "retrieval":
         raise ValueError(f"{name} is a classification data set: use load")
     ds, local = _hub_or_local(s, s.splits["test"], root)

@@ -5,7 +5,8 @@
     report.df                  # one row per stage × dtype × backend, and the gradients
     report.first_divergence    # the first stage past its tolerance, in forward order (None: none)
 
-    python -m harness compare --candidate mypkg.models:build_vit --library timm:vit_small_patch16_224 --out cmp/
+    python -m harness compare --candidate python:mypkg.models:build_vit --library timm:vit_small_patch16_224 \
+        --out cmp/
 
 1. The library's weights are carried into the candidate through `mapping`: a dict {candidate key: library key}
    (a library key may name one third of a fused qkv: "blocks.0.attn.qkv.weight[q]"), a callable
@@ -18,7 +19,7 @@
 2. Stage by stage, without touching the candidate: forward hooks on every pair of modules that own
    corresponding parameters (patch embedding, each block, its norms, attention and MLP, the final norm, the head;
    both towers of a CLIP), and a pre-hook on the first block (`embed`: patch tokens, [CLS] and position
-   embedding together). Errors after each stage in each dtype and attention backend, under harness.numerics'
+   embedding together). Errors after each stage in each dtype and attention backend, under harness.methods.numerics'
    rules (float64 ≤ 1e-12, float32 ≤ 1e-5, bfloat16/float16 against a float64 truth); gradients of a fixed
    random projection of the outputs with respect to every mapped parameter.
 """
@@ -33,7 +34,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from .numerics import (
+from ..methods.numerics import (
     LOW_PRECISION,
     MIN_ELEMENTS,
     TOL,
@@ -443,7 +444,7 @@ class Report:
         return self.first_divergence is not None or self.first_backward_divergence is not None
 
     def write(self, out: Path, name: str = "compare") -> list[Path]:
-        from . import results
+        from ..infra import results
 
         cols = ["check", "stage", "candidate_stage", "dtype", "backend", "max_abs", "rel_err", "tolerance", "rule",
                 "result"]
@@ -452,13 +453,14 @@ class Report:
 
 
 def _default_inputs(library: nn.Module, seed: int = 0) -> dict:
-    from .models import image_batch, open_clip_transform
+    from ..data.photos import image_batch
+    from ..models.open_clip import transform
 
     if _is_clip(library):
         import open_clip
 
         size = library.visual.image_size[0]
-        images = image_batch(open_clip_transform(library), size, ["astronaut", "chelsea"], 1, seed)
+        images = image_batch(transform(library), size, ["astronaut", "chelsea"], 1, seed)
         tokens = open_clip.get_tokenizer("ViT-B-32")(["a photo of an astronaut.", "a photo of a cat.", "noise."])
         return {"images": images, "tokens": tokens[:, : library.positional_embedding.shape[0]]}
     import timm.data
@@ -469,16 +471,14 @@ def _default_inputs(library: nn.Module, seed: int = 0) -> dict:
 
 
 def _library_model(library, kwargs: dict | None = None) -> nn.Module:
+    """The library model: given as a module, or named as harness.models names it ("timm:NAME", "open_clip:ARCH",
+    or a dict with kwargs and weights)."""
     if isinstance(library, nn.Module):
         return library
-    from .models import load_open_clip, load_timm
+    from .. import models
 
-    source, _, name = library.rpartition(":")
-    if source in ("", "timm"):
-        return load_timm(name, "random", **(kwargs or {}))
-    if source == "open_clip":
-        return load_open_clip(name, "random", **(kwargs or {}))
-    raise ValueError(f"library {library!r}: use 'timm:NAME', 'open_clip:NAME' or a model")
+    spec = library if isinstance(library, dict) else {"model": library}
+    return models.resolve({**spec, "kwargs": {**spec.get("kwargs", {}), **(kwargs or {})}}).module
 
 
 def compare(candidate: nn.Module, library, mapping=None, inputs: dict | None = None,
@@ -567,9 +567,9 @@ def _gradient_rows(cand_master, master, used, mapping, inputs, dtypes) -> list[d
     """Gradients of Σ r·outputs (r fixed, random) for every candidate parameter, against the library's carried
     through the same mapping (slices and reshapes are linear: the mapping moves gradients as it moves weights).
     float64: relative error ≤ 1e-12 against the library; float32: each side's error against the library's float64
-    gradients by the 2× rule (harness.numerics), as the agreement suite judges them: over all parameters and stage
-    by stage (the candidate's blocks, and the parameters before and after them: harness.numerics.gradient_stages),
-    each stage row naming its worst parameter."""
+    gradients by the 2× rule (harness.methods.numerics), as the agreement suite judges them: over all parameters and
+    stage by stage (the candidate's blocks, and the parameters before and after them:
+    harness.methods.numerics.gradient_stages), each stage row naming its worst parameter."""
     g = torch.Generator().manual_seed(0)
     weights: dict[str, torch.Tensor] = {}
 
@@ -654,15 +654,30 @@ def _load_object(spec: str):
     return getattr(importlib.import_module(module), attr)
 
 
+def _candidate(name: str, library: nn.Module) -> nn.Module:
+    """The candidate named as harness.models names models: "python:MODULE:FACTORY" (the factory called with the
+    library model when it takes an argument, else with none), or any other registry name."""
+    import inspect
+
+    from .. import models
+    from ..models.python import factory
+
+    spec = models.parse(name)
+    if spec.library != "python":
+        return models.resolve(spec).module
+    build = factory(spec)
+    return build(library) if inspect.signature(build).parameters else build(**spec.kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import inspect
     import json
 
     p = argparse.ArgumentParser(prog="python -m harness compare", description=__doc__.splitlines()[0])
-    p.add_argument("--candidate", required=True, help="pkg.module:factory returning your nn.Module (called with no "
+    p.add_argument("--candidate", required=True, help="python:MODULE:FACTORY returning your nn.Module (called with no "
                                                       "argument, or with the library model if it takes one)")
-    p.add_argument("--library", required=True, help="timm:NAME or open_clip:NAME (random weights)")
+    p.add_argument("--library", required=True, help="a harness.models name: timm:NAME or open_clip:ARCH (random "
+                                                    "weights), open_clip:ARCH/PRETRAINED")
     p.add_argument("--library-kwargs", default="{}", help="JSON keyword arguments for the library's create function")
     p.add_argument("--mapping", help="pkg.module:name of a dict or a callable (default: proposed)")
     p.add_argument("--dtype", action="append", dest="dtypes", help="float64, float32, bfloat16, float16 (repeatable)")
@@ -673,8 +688,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="exit 0 even when a stage or a gradient departs (by default: exit 1)")
     args = p.parse_args(argv)
     library = _library_model(args.library, json.loads(args.library_kwargs))
-    factory = _load_object(args.candidate)
-    candidate = factory(library) if inspect.signature(factory).parameters else factory()
+    candidate = _candidate(args.candidate, library)
     mapping = _load_object(args.mapping) if args.mapping else None
     report = compare(candidate, library, mapping, dtypes=tuple(args.dtypes or ("float64", "float32")),
                      backends=args.backends)

@@ -1,5 +1,5 @@
 """Models the harness trains and keeps (the data-scale runs, the zero-shot CLIP): where each lives, and how it is
-saved and read back — safetensors weights with JSON metadata through harness.cache, never a pickle.
+saved and read back — safetensors weights with JSON metadata through harness.infra.cache, never a pickle.
 
 A checkpoint is keyed by what it was trained from (a JSON-able key: config, unit) and the kind of device that
 trained it ("cpu" or the GPU's name), so a GPU run never overwrites CPU-trained weights that another suite reads.

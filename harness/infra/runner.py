@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import cache, distributed, results
-from .suite import (  # noqa: F401
+from .suite import (  # noqa: F401  (re-exported: the runner is where a run's protocol is read)
     DEFAULT_CACHE,
     SUITES_DIR,
     ConfigError,
@@ -105,7 +105,7 @@ class Job:
 
 
 def _run_units(jobs: list[Job], ctx: Context, mode: str, desc: str) -> tuple[dict[int, list[dict]], set[int]]:
-    """Every job's rows by job index (on rank 0; see harness.distributed for the parallel modes), and the indices
+    """Every job's rows by job index (on rank 0; see harness.infra.distributed for the parallel modes), and the indices
     that came from the cache. Each unit runs under its cache entry's lock: a second run sharing the cache waits for
     a unit the first is computing, then reads it. In "units" mode with a cache, the ranks claim units as they go (a
     rank skips a unit another holds), so long and short units balance over the ranks."""

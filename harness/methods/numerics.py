@@ -298,10 +298,10 @@ def compare_gradients(lib_master: nn.Module, to_reference: Callable[[nn.Module],
                                                                                       torch.Tensor],
                       dtypes: list[str], library: str) -> list[dict]:
     """Gradients of `loss(model, dtype)` for every parameter, reference vs library, in float64 and float32: one row
-    for all parameters, one per stage (harness.numerics.gradient_stages).
+    for all parameters, one per stage (harness.methods.numerics.gradient_stages).
 
     float64: relative error ≤ 1e-12 between the two. float32: each side's error against the library's float64
-    gradients, by the 2× rule (harness.numerics). `to_reference_names(grads, ref.config)` maps the library's
+    gradients, by the 2× rule (harness.methods.numerics). `to_reference_names(grads, ref.config)` maps the library's
     names and layouts onto the reference's (the converter's state_dict mapping)."""
     lib_master = lib_master.double()
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import results
+from ..infra import results
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -91,44 +91,31 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
 
 
 # --------------------------------------------------------------------------------------------- models
-CPU_MODELS = [
-    {"library": "timm", "name": "vit_tiny_patch16_224", "batch_size": 32},
-    {"library": "timm", "name": "vit_small_patch16_224", "batch_size": 32},
-    {"library": "timm", "name": "vit_base_patch16_224", "batch_size": 16},
-    {"library": "open_clip", "name": "ViT-B-32", "batch_size": 32},
-]
-GPU_MODELS = [
-    {"library": "timm", "name": "vit_small_patch16_224", "batch_size": 256},
-    {"library": "timm", "name": "vit_base_patch16_224", "batch_size": 256},
-    {"library": "timm", "name": "vit_large_patch16_224", "batch_size": 128},
-    {"library": "open_clip", "name": "ViT-B-32", "batch_size": 256},
-    {"library": "open_clip", "name": "ViT-L-14", "batch_size": 128},
-]
+# harness.models names (random weights) and the batch each is timed at
+CPU_MODELS = [("timm:vit_tiny_patch16_224", 32), ("timm:vit_small_patch16_224", 32), ("timm:vit_base_patch16_224", 16),
+              ("open_clip:ViT-B-32", 32)]
+GPU_MODELS = [("timm:vit_small_patch16_224", 256), ("timm:vit_base_patch16_224", 256),
+              ("timm:vit_large_patch16_224", 128), ("open_clip:ViT-B-32", 256), ("open_clip:ViT-L-14", 128)]
 
 
-def _models(spec: dict, device: torch.device, dtype: torch.dtype):
-    """(library model's image forward, reference explicit, reference fused), same weights, dtype, device."""
-    from .convert import from_open_clip, from_timm
-    from .models import load_open_clip, load_timm
+def _models(name: str, device: torch.device, dtype: torch.dtype):
+    """(the model, its image tower, the reference's tower with explicit attention, with fused attention, the input
+    size): same weights, dtype, device."""
+    from .. import models
 
-    if spec["library"] == "timm":
-        lib = load_timm(spec["name"], "random", seed=0).to(device, dtype)
-        ref = from_timm(lib)
-        return lib, lib, ref.set_fused_attn(False), from_timm(lib).set_fused_attn(True), lib.default_cfg["input_size"]
-    lib = load_open_clip(spec["name"], "random", seed=0).to(device, dtype)
-    ref = from_open_clip(lib)
-    size = lib.visual.image_size
-    return (lib, lib.visual, ref.visual.set_fused_attn(False), from_open_clip(lib).visual.set_fused_attn(True),
-            (3, *size))
+    lib = models.resolve(name, seed=0)
+    lib.module.to(device, dtype)
+    explicit, fused = models.reference(lib).image_tower, models.reference(lib).image_tower
+    return lib, lib.image_tower, explicit.set_fused_attn(False), fused.set_fused_attn(True), lib.input_size
 
 
 def bench_models(device: torch.device, dtype: torch.dtype, specs: list[dict], min_time: float = 6.0) -> pd.DataFrame:
     """Each model's three implementations timed in interleaved rounds (library, explicit, fused, library, ...),
     so that a drift in the machine's speed falls on all three alike; the median call of each is reported."""
     rows = []
-    for spec in tqdm(specs, desc="models", unit="model"):
-        lib_model, lib, explicit, fused, shape = _models(spec, device, dtype)
-        x = torch.randn(spec["batch_size"], *shape, device=device, dtype=dtype)
+    for name, batch_size in tqdm(specs, desc="models", unit="model"):
+        lib_model, lib, explicit, fused, shape = _models(name, device, dtype)
+        x = torch.randn(batch_size, *shape, device=device, dtype=dtype)
         params = sum(p.numel() for p in lib.parameters())
         impls = {"library": lib, "reference (explicit)": explicit, "reference (fused)": fused}
         times: dict[str, list[float]] = {name: [] for name in impls}
@@ -145,14 +132,14 @@ def bench_models(device: torch.device, dtype: torch.dtype, specs: list[dict], mi
                     _sync(device)
                     times[name].append(time.perf_counter() - t0)
             memory = {name: peak_memory(lambda m=module, x=x: m(x), device) for name, module in impls.items()}
-        lib_rate = spec["batch_size"] / statistics.median(times["library"])
-        for name in impls:
-            t = statistics.median(times[name])
-            rows.append({"model": spec["name"], "library": spec["library"], "implementation": name,
-                         "dtype": str(dtype).removeprefix("torch."), "batch_size": spec["batch_size"],
-                         "params": params, "images_per_s": spec["batch_size"] / t, "ms_per_batch": 1000 * t,
-                         "ratio_to_library": spec["batch_size"] / t / lib_rate, "calls": len(times[name]),
-                         "peak_memory_mb": memory[name] / 2**20})
+        lib_rate = batch_size / statistics.median(times["library"])
+        for impl in impls:
+            t = statistics.median(times[impl])
+            rows.append({"model": lib_model.spec.name, "library": lib_model.library, "implementation": impl,
+                         "dtype": str(dtype).removeprefix("torch."), "batch_size": batch_size,
+                         "params": params, "images_per_s": batch_size / t, "ms_per_batch": 1000 * t,
+                         "ratio_to_library": batch_size / t / lib_rate, "calls": len(times[impl]),
+                         "peak_memory_mb": memory[impl] / 2**20})
         del lib_model, lib, explicit, fused, impls
     return pd.DataFrame(rows)
 
@@ -162,7 +149,7 @@ def _attention_impls(device: torch.device):
     """name -> fn(q, k, v): the explicit formula, online softmax, and each SDPA backend torch has."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from .reference.attention import online_softmax_attention, scaled_dot_product_attention
+    from ..reference.attention import online_softmax_attention, scaled_dot_product_attention
 
     impls = {"reference explicit": scaled_dot_product_attention,
              "reference online softmax": lambda q, k, v: online_softmax_attention(q, k, v, block_size=256)}
@@ -244,10 +231,11 @@ def bench_probe(device: torch.device, train_per_class: int = 500, test_per_class
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from . import data as data_lib
-    from .linear_probe import fit, linear_probe, spectrum, standardise
+    from ..data import images as data_lib
+    from ..data import load as load_data
+    from ..methods.probe import fit, linear_probe, spectrum, standardise
 
-    train, test = data_lib.load("fashion_mnist", "train"), data_lib.load("fashion_mnist", "test")
+    train, test = load_data("fashion_mnist", "train"), load_data("fashion_mnist", "test")
     tri = data_lib.balanced_subset(train.labels, train_per_class, seed=0)
     tei = data_lib.balanced_subset(test.labels, test_per_class, seed=0)
     xtr, ytr = data_lib.grayscale_tensors(train, tri)
@@ -316,18 +304,18 @@ def bench_probe(device: torch.device, train_per_class: int = 500, test_per_class
 # ------------------------------------------------------------------------------------------------ pipeline
 def decode_rate(n: int = 150) -> tuple[float, float]:
     """(images/s on one core, mean JPEG bytes): PIL decode + timm's eval transform (resize 248, crop 224, to
-    tensor, normalise) of rehearsal JPEGs of ImageNet's sizes (harness.rehearsal)."""
+    tensor, normalise) of rehearsal JPEGs of ImageNet's sizes (harness.tools.rehearsal)."""
     import io
 
     import timm
     from PIL import Image
 
-    from .models import timm_transform
+    from ..models.timm import transform
     from .rehearsal import synth_jpeg
 
     with torch.device("meta"):
         model = timm.create_model("vit_base_patch16_224.augreg_in21k", pretrained=False)
-    tf = timm_transform(model)
+    tf = transform(model)
     jpegs = [synth_jpeg(1000 + i) for i in range(n)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -342,39 +330,40 @@ def decode_rate(n: int = 150) -> tuple[float, float]:
 
 
 def bench_pipeline(device: torch.device, dtype: torch.dtype, quick: bool = False) -> pd.DataFrame:
-    """Feature extraction against the model alone: images/s of harness.features.extract (data read, batched
+    """Feature extraction against the model alone: images/s of harness.methods.features.extract (data read, batched
     transform, copy, forward, copy back) over the encoder's own images/s on already-transformed tensors at the same
     batch size, for the linear-probe suite's default models on Fashion-MNIST (goal ≥ 0.9); then JPEG decode and
     resize images/s on one core."""
-    from . import data as data_lib
-    from .adapters import load_encoder
-    from .features import extract
-    from .suite import load_suite
-    from .transforms import batched
+    from .. import models
+    from ..data import load as load_data
+    from ..data.transforms import batched
+    from ..infra.suite import load_suite
+    from ..methods.features import extract
 
-    test = data_lib.load("fashion_mnist", "test")
+    test = load_data("fashion_mnist", "test")
     n = 2000 if device.type == "cpu" or quick else 10000
     rows_idx = np.arange(n)
     batch = 500 if device.type == "cpu" else 1000
-    specs = [m for m in load_suite("linear_probe").get_config("default")["models"] if m["library"] != "data_scale"]
+    specs = [m for m in load_suite("linear_probe").get_config("default")["models"]
+             if models.parse(m).library != "data_scale"]  # their 28×28 gray images are not this pipeline's
     rows = []
     amp = dtype if device.type == "cuda" and dtype != torch.float32 else None
     for spec in specs[:1] if quick else specs:
-        enc = load_encoder(spec, device=device)
+        enc = models.resolve(spec, device=device)
         x = batched(enc.transform)(torch.from_numpy(test.pixels(rows_idx[:batch]))).to(device)
 
         def forward(enc=enc, x=x):
             if amp is None:
-                return enc.encode(x)
+                return enc.encode_image(x)
             with torch.autocast(device.type, dtype=amp):
-                return enc.encode(x)
+                return enc.encode_image(x)
 
         with torch.inference_mode():
             model_rate = batch / seconds_per_call(forward, device, min_time=2.0)
-        extract(enc.encode, test, enc.transform, indices=rows_idx[:batch], model_id="warm-up", weights="w",
+        extract(enc.encode_image, test, enc.transform, indices=rows_idx[:batch], model_id="warm-up", weights="w",
                 device=device, batch_size=batch, autocast=amp)  # warm-up
         start = time.perf_counter()
-        extract(enc.encode, test, enc.transform, indices=rows_idx, model_id=enc.id, weights=enc.weights,
+        extract(enc.encode_image, test, enc.transform, indices=rows_idx, model_id=enc.id, weights=enc.weights,
                 device=device, batch_size=batch, autocast=amp)
         _sync(device)
         rate = n / (time.perf_counter() - start)
@@ -388,69 +377,52 @@ def bench_pipeline(device: torch.device, dtype: torch.dtype, quick: bool = False
 
 
 # ----------------------------------------------------------------------------------------------- cold eval
-BASELINE = "8f44717"  # the commit whose results/ tables time the suites before this part existed
-PREVIOUS = "2bfa649"  # the commit whose results/bench_eval.csv holds the previous cold eval measured by this code
+def _stages(read) -> list[tuple[str, str, float]]:
+    """(suite, stage, seconds) of a run, each suite's evaluator reading its own tables (its `stages(read)`):
+    where the time went inside each suite. `read(name)` gives a table of that run, or None."""
+    import importlib
 
+    from ..infra.suite import load_suite, suite_names
 
-def _stages(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, float]]:
-    """(suite, stage, seconds) from a run's own tables: where the time went inside each suite."""
     out = []
-    ag = tables.get("agreement")
-    if ag is not None and "unit" in ag:
-        units = ag.drop_duplicates("unit")
-        kind = units["unit"].str.partition(":")[0]
-        for k, sec in units.groupby(kind)["unit_seconds"].sum().items():
-            out.append(("agreement", f"units {k}", float(sec)))
-    for extra in ("agreement_attention", "agreement_clip_loss"):
-        t = tables.get(extra)
-        if t is not None and "unit_seconds" in t:
-            out.append(("agreement", f"units {t['unit'].iloc[0]}", float(t["unit_seconds"].iloc[0])))
-    runs = tables.get("data_scale_runs")
-    if runs is not None:
-        for arch, sec in runs.groupby("architecture")["train_seconds"].sum().items():
-            out.append(("data_scale", f"training {arch} ({int((runs.architecture == arch).sum())} runs)", float(sec)))
-        out.append(("data_scale", "everything else in its units", float(runs["unit_seconds"].sum()
-                                                                         - runs["train_seconds"].sum())))
-    lp = tables.get("linear_probe")
-    if lp is not None:
-        lp = lp[lp["dataset"] != "mean"] if "dataset" in lp else lp
-        for col, label in (("extract_seconds", "feature extraction"), ("probe_seconds", "probe (λ sweep + fit)"),
-                           ("sklearn_seconds", "scikit-learn check")):
-            if col in lp:
-                out.append(("linear_probe", label, float(lp[col].sum())))
-    zs = tables.get("zero_shot")
-    if zs is not None and "unit_seconds" in zs:
-        units = zs.drop_duplicates("unit")
-        for _, u in units.iterrows():
-            label = "training the CLIP" if str(u["unit"]).startswith("train") else f"unit {u['unit']}"
-            out.append(("zero_shot", label, float(u["unit_seconds"])))
+    for name in suite_names():
+        suite = load_suite(name)
+        evaluator = importlib.import_module(suite.EVALUATOR if "." in suite.EVALUATOR else
+                                            f"harness.evals.{suite.EVALUATOR}")
+        out += [(name, stage, seconds) for stage, seconds in getattr(evaluator, "stages", lambda read: [])(read)]
     return out
 
 
-def _tables_at(sha: str, names: tuple[str, ...] = ("agreement", "agreement_attention", "agreement_clip_loss",
-                                                  "data_scale_runs", "linear_probe", "zero_shot")
-               ) -> dict[str, pd.DataFrame]:
+def _committed_table(rev: str, name: str) -> pd.DataFrame | None:
+    """results/<name>.csv as committed at `rev`, or None."""
     import io
     import subprocess
 
-    out = {}
-    for name in names:
-        proc = subprocess.run(["git", "show", f"{sha}:results/{name}.csv"], cwd=results.REPO_ROOT,
-                              capture_output=True, text=True)
-        if proc.returncode == 0:
-            out[name] = pd.read_csv(io.StringIO(proc.stdout))
-    return out
+    proc = subprocess.run(["git", "show", f"{rev}:results/{name}.csv"], cwd=results.REPO_ROOT, capture_output=True,
+                          text=True)
+    return pd.read_csv(io.StringIO(proc.stdout)) if proc.returncode == 0 else None
 
 
-def bench_eval(out: Path, processes: str = "auto") -> pd.DataFrame:
+def previous_eval() -> str | None:
+    """The last commit that changed results/bench_eval.csv: the cold eval this one is set beside."""
+    import subprocess
+
+    proc = subprocess.run(["git", "log", "-1", "--format=%h", "--", "results/bench_eval.csv"], cwd=results.REPO_ROOT,
+                          capture_output=True, text=True)
+    return proc.stdout.strip() or None
+
+
+def bench_eval(out: Path, processes: str = "auto", previous: str | None = None) -> tuple[pd.DataFrame, str | None]:
     """A cold `python -m harness run` of every suite's default profile (a fresh cache) timed by suite (wall clock)
-    and by stage (from the tables it writes), beside the stages of the tables at BASELINE. It is the real eval:
-    its tables are written into `out`, where `nox -s eval` writes them."""
+    and by stage (each suite's evaluator reading the tables it wrote), beside the same stages of the previous cold
+    eval: results/bench_eval.csv at `previous` (default: the last commit that changed it). It is the real eval: its
+    tables are written into `out`, where `nox -s eval` writes them. Returns (the table, the previous commit)."""
     import re
     import subprocess
     import sys
     import tempfile
 
+    previous = previous or previous_eval()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--device", "cpu", "--processes", processes,
@@ -468,35 +440,31 @@ def bench_eval(out: Path, processes: str = "auto") -> pd.DataFrame:
             raise RuntimeError(f"the cold eval failed: {''.join(log)[-2000:]}")
         walls = {m.group(1): float(m.group(2)) for m in re.finditer(r"^([\w, ]+): done in ([\d.]+) s", "".join(log),
                                                                     re.MULTILINE)}
-        after = {n: pd.read_csv(Path(out) / f"{n}.csv") for n in ("agreement", "agreement_attention",
-                                                                 "agreement_clip_loss", "data_scale_runs",
-                                                                 "linear_probe", "zero_shot")}
-    before = {(s, st): sec for s, st, sec in _stages(_tables_at(BASELINE))}
-    previous = _tables_at(PREVIOUS, ("bench_eval",)).get("bench_eval", pd.DataFrame(columns=["suite", "stage"]))
-    previous = {(r.suite, r.stage): r.seconds_after for r in previous.itertuples()}
+        stages = _stages(lambda name: pd.read_csv(Path(out) / f"{name}.csv")
+                         if (Path(out) / f"{name}.csv").exists() else None)
+    before = _committed_table(previous, "bench_eval") if previous else None
+    before = {} if before is None else {(r.suite, r.stage): r.seconds_after for r in before.itertuples()}
     rows = [{"suite": "all suites", "stage": "wall clock, cold (process start to last table)", "seconds_after": total,
              "processes": processes}]
     rows += [{"suite": name, "stage": "wall clock", "seconds_after": sec} for name, sec in walls.items()]
-    rows += [{"suite": s, "stage": st, "seconds_after": sec, "seconds_before": before.get((s, st))}
-             for s, st, sec in _stages(after)]
-    rows += [{"suite": s, "stage": st, "seconds_before": sec} for (s, st), sec in before.items()
-             if not any(r.get("suite") == s and r.get("stage") == st for r in rows)]
-    rows += [{"suite": s, "stage": st} for (s, st) in previous
+    rows += [{"suite": s, "stage": st, "seconds_after": sec} for s, st, sec in stages]
+    rows += [{"suite": s, "stage": st} for (s, st) in before
              if not any(r.get("suite") == s and r.get("stage") == st for r in rows)]
     for r in rows:
-        r["seconds_previous"] = previous.get((r["suite"], r["stage"]))
-    return pd.DataFrame(rows)
+        r["seconds_previous"] = before.get((r["suite"], r["stage"]))
+    return pd.DataFrame(rows), previous
 
 
 # ------------------------------------------------------------------------------------------------ main
-def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bool = False) -> list[Path]:
+def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bool = False,
+        models: list[tuple[str, int]] | None = None) -> list[Path]:
     torch.manual_seed(0)
     torch_dtype = DTYPES[dtype]
     prov = results.provenance({"parts": parts, "dtype": dtype, "quick": quick}, device, 0)
     device_label = results.device_name(device)
     written, index = [], {}
     if "models" in parts:
-        specs = (GPU_MODELS if device.type == "cuda" else CPU_MODELS)[: 1 if quick else None]
+        specs = models or (GPU_MODELS if device.type == "cuda" else CPU_MODELS)[: 1 if quick else None]
         df = bench_models(device, torch_dtype, specs).assign(**prov)
         written += results.write_table(
             df, out, "bench_models", f"Throughput and peak memory: reference vs library ({device_label})",
@@ -533,28 +501,26 @@ def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bo
             df, out, "bench_pipeline", f"Feature extraction against the model alone ({device_label})",
             ["part", "model", "images", "batch_size", "dtype", "model_images_per_s", "extract_images_per_s",
              "extract_over_model", "mean_jpeg_kib"],
-            "extract_over_model: images/s of harness.features.extract on the embedded data (Fashion-MNIST held in "
+            "extract_over_model: images/s of harness.methods.features.extract on the embedded data (Fashion-MNIST held "
+            "in "
             "memory, transformed a batch at a time as tensors; no cache) over the encoder's own images/s on "
             "already-transformed tensors at the same batch size (goal ≥ 0.9). The JPEG row: PIL decode and timm's "
             "eval transform of rehearsal JPEGs of ImageNet's sizes on one core (DataLoader workers multiply it).")
         index["bench_pipeline"] = f"feature extraction over model images/s, JPEG decode per core ({device_label})"
     if "eval" in parts:
-        df = bench_eval(out).assign(**prov)
+        df, previous = bench_eval(out)
+        df = df.assign(**prov)
         written += results.write_table(
             df, out, "bench_eval", "A cold default eval, by suite and by stage (CPU)",
-            ["suite", "stage", "seconds_before", "seconds_previous", "seconds_after", "processes"],
+            ["suite", "stage", "seconds_previous", "seconds_after", "processes"],
             "`seconds_after`: this run — `python -m harness run --processes auto` (what `nox -s eval` runs) in a fresh "
             "cache, every suite's default profile, its tables the published ones beside this file; wall clock per "
             "suite (the suites that split into units run together as one-thread processes claiming units from one "
             "pool, so their wall clock is shared) and, inside each suite, the seconds its tables record (with two "
-            "processes, stage seconds add up to more than the wall clock). "
-            f"`seconds_before`: the same stages read from the tables at commit {BASELINE} (results/ before this "
-            "part existed, one two-thread process); a cold `nox -s eval` of that commit on a fresh clone took 29 "
-            "minutes (agreement 282 s, data_scale 708 s, linear_probe 519 s, zero_shot 204 s; measured for issue 18, "
-            f"not by this code). `seconds_previous`: the previous cold run of this bench (results/bench_eval.csv at "
-            f"{PREVIOUS}, the code of 807f1b3: the same pool of units, before the agreement suite's CLIP rows took 32 "
-            "image–text pairs).")
-        index["bench_eval"] = "a cold default eval timed by suite and stage, before and after"
+            "processes, stage seconds add up to more than the wall clock). `seconds_previous`: the same stages of "
+            f"the previous cold eval, results/bench_eval.csv at {previous or 'none (no earlier run)'} (the last "
+            "commit that changed it); its machine may have been another (the provenance columns there say which).")
+        index["bench_eval"] = "a cold default eval timed by suite and stage, beside the previous one"
     if "probe" in parts:
         df = bench_probe(device, *((50, 50) if quick else ())).assign(**prov)
         written += results.write_table(
@@ -570,8 +536,8 @@ def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runner import resolve_device
-    from .suite import ConfigError
+    from ..infra.runner import resolve_device
+    from ..infra.suite import ConfigError
 
     p = argparse.ArgumentParser(prog="python -m harness bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: cuda when present)")
@@ -581,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default="models,attention,probe,pipeline,eval",
                    help="comma-separated: models,attention,probe,pipeline,eval (eval: a cold default eval, ~20 min)")
     p.add_argument("--quick", action="store_true", help="one model and short sequences (a smoke run)")
+    p.add_argument("--models", help="the models part's models, harness.models names with a batch size each: "
+                                    "'timm:vit_small_patch16_224=256,open_clip:ViT-B-32=256' (default: a list for "
+                                    "the device; each needs a reference converter)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -589,7 +558,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise ConfigError(f"unknown bench part(s) {sorted(unknown)}: choose from models, attention, probe, pipeline, "
                           "eval")
+    chosen = None
+    if args.models:
+        from .. import models
+
+        chosen = []
+        for item in args.models.split(","):
+            name, _, batch = item.strip().rpartition("=")
+            if not name or not batch.isdigit():
+                raise ConfigError(f"--models {item!r}: expected NAME=BATCH, e.g. timm:vit_small_patch16_224=256")
+            if not models.has_reference(models.check(name)):
+                raise ConfigError(f"--models {name}: bench times a model beside its reference twin; {name} has none")
+            chosen.append((name, int(batch)))
     start = time.perf_counter()
-    paths = run(device, dtype, args.out, parts, args.quick)
+    paths = run(device, dtype, args.out, parts, args.quick, chosen)
     print(f"bench: {math.ceil(time.perf_counter() - start)} s -> " + ", ".join(str(p) for p in paths))
     return 0

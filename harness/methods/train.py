@@ -151,7 +151,7 @@ def train_clip(model: nn.Module, images: torch.Tensor,
     so an image can be seen with several captions). The temperature is learned: logit_scale is a parameter
     (no weight decay), clamped at log 100 by the model. label_smoothing is unused here.
     """
-    from .reference.clip import clip_loss
+    from ..reference.clip import clip_loss
 
     g = torch.Generator().manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not _no_decay(n)]

@@ -1,0 +1,146 @@
+"""One registry for every data set a suite names: a string or a dict, the same everywhere.
+
+    "fashion_mnist"                  the embedded default (Debian's dataset-fashion-mnist; the hub copy online)
+    "imagenet"                       ImageNet-1k: an ImageFolder named by root or $VITCLIP_IMAGENET_DIR, or the hub
+    "cifar10", "food101", ...        CLIP_benchmark's data sets, declared in harness.data.catalog (hub cache, or a
+    "flickr30k", "mscoco"            local copy given as root); the last two are image–caption retrieval sets
+    "imagefolder:/data/x"            your folders: train/ and val/ (or test/), one sub-folder per class
+    "manifest:/data/x.csv"           your list: path, label and an optional split column (CSV or JSON Lines)
+    {"name": "imagefolder:/data/x", "classnames": "names.txt", "templates": "templates.json",
+     "root": "/copies/x", "train_per_class": 500, "test_per_class": 500}
+
+The dict form adds: `root`, a local copy of a catalog data set (or ImageNet's folder); `classnames` and `templates`,
+a list or a file (harness.data.texts: text files, JSON lists, CLIP_benchmark's JSON files as they are); and
+what a suite reads of it (per-class subset sizes, ...), kept in `options`.
+
+    data.load(spec, "train")      an ImageData: a datasets.Dataset with image and label columns, class names,
+                                  zero-shot templates, a content fingerprint for cache keys
+    data.load_retrieval(spec)     a RetrievalData: images and their captions
+    data.check(spec, roles)       before any work: a known name, a layout that is recognised
+
+A split is asked for by role, "train" or "test"; each source maps it to its own split (ImageNet's "validation",
+Food-101's "validation", an ImageFolder's val/ or test/).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..infra.suite import ConfigError
+from . import catalog, fashion_mnist, folders, imagenet, images, texts  # noqa: F401  (harness.data.images, ...)
+from .images import ImageData
+
+SOURCES = ("fashion_mnist", "imagenet", "imagefolder", "manifest")  # and the catalog's names
+DATA_KEYS = ("name", "root", "classnames", "templates")
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str  # "fashion_mnist", "cifar10", "imagefolder:/data/x", "manifest:/data/x.csv"
+    root: str | None = None  # a local copy (catalog data sets, ImageNet's folder)
+    classnames: object = None  # None (the data set's own), a list, or a file
+    templates: object = None  # None (the catalog's, or "a photo of a {}."), a list, or a file
+    options: dict = field(default_factory=dict, hash=False)  # what a suite reads of it (per-class sizes, ...)
+
+    @property
+    def source(self) -> str:
+        """"fashion_mnist", "imagenet", "imagefolder", "manifest" or "catalog"."""
+        head, sep, _ = self.name.partition(":")
+        if sep:
+            return head
+        if self.name == "imagenet" or (self.name == "fashion_mnist" and self.root is None):
+            return self.name  # a root for Fashion-MNIST is a copy in the hub's layout: the catalog reads it
+        return "catalog"
+
+    @property
+    def path(self) -> str:
+        return self.name.partition(":")[2]
+
+
+def parse(spec: str | dict | DataSpec) -> DataSpec:
+    if isinstance(spec, DataSpec):
+        return spec
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ConfigError(f"data set {spec!r}: name one as a string (fashion_mnist, cifar10, imagefolder:PATH, "
+                          "manifest:FILE) or a dict {\"name\": ..., \"classnames\": ..., \"templates\": ...}")
+    head, sep, rest = spec["name"].partition(":")
+    if sep and (head not in ("imagefolder", "manifest") or not rest):
+        raise ConfigError(f"data set {spec['name']!r}: a prefixed name is imagefolder:PATH or manifest:FILE")
+    if not sep:
+        catalog.entry(spec["name"])  # a known name, or the closest ones
+    root = spec.get("root")
+    if root is None and spec["name"] == "imagenet":
+        root = os.environ.get("VITCLIP_IMAGENET_DIR") or None
+    return DataSpec(spec["name"], root, spec.get("classnames"), spec.get("templates"),
+                    {k: v for k, v in spec.items() if k not in DATA_KEYS})
+
+
+def task(spec: str | dict | DataSpec) -> str:
+    """"classification" or "retrieval"."""
+    s = parse(spec)
+    if s.source != "catalog":
+        return "classification"
+    return catalog.entry(s.name).task
+
+
+def check(spec: str | dict | DataSpec, roles: list[str] = ("train", "test")) -> DataSpec:
+    """The declaration parsed and its local files checked before any work (a hub copy is checked when read)."""
+
+    s = parse(spec)
+    if s.source == "imagefolder":
+        folders.check_imagefolder(s.path, list(roles))
+    elif s.source == "manifest":
+        folders.check_manifest(s.path, list(roles))
+    elif s.name == "imagenet" and s.root:
+        imagenet.check_folder(s.root, ["train" if r == "train" else "validation" for r in roles])
+    elif s.source == "catalog" and s.root is not None and not os.path.exists(s.root):
+        raise ConfigError(f"{s.name}: local copy {s.root} does not exist")
+    for source in (s.classnames, s.templates):
+        if isinstance(source, str) and not os.path.isfile(source):
+            raise ConfigError(f"{s.name}: file {source} does not exist")
+    return s
+
+
+def load(spec: str | dict | DataSpec, role: str) -> ImageData:
+    """Split `role` ("train" or "test") of a classification data set, with its class names and templates (the
+    declaration's files or lists over the data set's own)."""
+
+    s = parse(spec)
+    if role not in ("train", "test"):
+        raise ValueError(f"role {role!r}: 'train' or 'test'")
+    given = None if s.classnames is None else texts.classnames(s.classnames, s.name)
+    if s.source == "fashion_mnist":
+        data = fashion_mnist.load(role)
+    elif s.source == "imagenet":
+        data = imagenet.load("train" if role == "train" else "validation", s.root)
+    elif s.source == "imagefolder":
+        data = folders.load_imagefolder(s.path, role)
+    elif s.source == "manifest":
+        data = folders.load_manifest(s.path, role, given)
+    else:
+        data = catalog.load(s.name, role, s.root)
+    if given is not None:
+        data = data.with_names(texts.classnames(given, s.name, len(data.classnames)))
+    return data.with_templates(templates(s))
+
+
+def templates(spec: str | dict | DataSpec) -> list[str] | dict[str, list[str]]:
+    """The zero-shot templates: the declaration's, else the catalog's, else CLIP's plain "a photo of a {}."."""
+
+    s = parse(spec)
+    if s.templates is not None:
+        return texts.templates(s.templates, s.name)
+    if s.source in ("catalog", "fashion_mnist", "imagenet"):
+        return catalog.templates(catalog.entry(s.name))
+    return list(DEFAULT_TEMPLATES)
+
+
+def load_retrieval(spec: str | dict | DataSpec):
+    """An image–caption set (Flickr30k, MSCOCO) as a RetrievalData."""
+
+    s = parse(spec)
+    return catalog.load_retrieval(s.name, s.root)

@@ -1,0 +1,66 @@
+"""Fashion-MNIST, the embedded default: 70,000 real 28×28 grayscale images of 10 classes, read from the IDX files
+of Debian's `dataset-fashion-mnist` package (apt-get install dataset-fashion-mnist); when they are absent, the hub
+copy `zalando-datasets/fashion_mnist` (online users only). The class names are the data set's own (its README).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from .images import ImageData
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+
+def _read_idx(path: Path, header: int) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
+
+
+def read(split: str, root: Path = FASHION_MNIST_DIR) -> ImageData:
+    """Fashion-MNIST "train" (60,000) or "test" (10,000): 28×28 grayscale, 10 classes."""
+    import datasets
+
+    if split not in ("train", "test"):
+        raise ValueError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}")
+    prefix = "train" if split == "train" else "t10k"
+    images_path, labels_path = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+    if not images_path.exists() or not labels_path.exists():
+        return _from_hub(split, root)
+    pixels = _read_idx(images_path, 16).reshape(-1, 28, 28)
+    labels = _read_idx(labels_path, 8)
+    if len(pixels) != len(labels):
+        raise ValueError(f"{images_path} holds {len(pixels)} images but {labels_path} {len(labels)} labels")
+    h = hashlib.sha256()
+    for p in (images_path, labels_path):
+        h.update(p.read_bytes())
+    features = datasets.Features({"image": datasets.Array2D((28, 28), "uint8"),
+                                  "label": datasets.ClassLabel(names=FASHION_MNIST_CLASSES)})
+    ds = datasets.Dataset.from_dict({"image": pixels, "label": labels.astype(np.int64)}, features=features)
+    return ImageData("fashion_mnist", split, ds.with_format("numpy"), FASHION_MNIST_CLASSES, h.hexdigest()[:16])
+
+
+def _from_hub(split: str, root: Path) -> ImageData:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset("zalando-datasets/fashion_mnist", split=split)
+    except Exception as e:
+        raise FileNotFoundError(
+            f"Fashion-MNIST is not in {root} and the hub copy could not be loaded ({type(e).__name__}). "
+            "Install the Debian package: apt-get install dataset-fashion-mnist"
+        ) from e
+    return ImageData("fashion_mnist", split, ds, ds.features["label"].names, ds._fingerprint)
+
+
+@functools.cache
+def load(split: str, root: Path = FASHION_MNIST_DIR) -> ImageData:
+    """Fashion-MNIST is read from its files once per process (a few seconds) and shared by every suite."""
+    return read(split, Path(root))

@@ -1,0 +1,60 @@
+"""Class names and zero-shot templates from files, per data set: a text file (one per line), a JSON list, or
+CLIP_benchmark's JSON files as they are — an object whose keys are data-set names (`--custom_classname_file`,
+`--custom_template_file`: {"cifar10": ["airplane", ...]}, {"cifar10": ["a photo of a {c}.", ...]}). Templates
+take the class name where they say "{}" or CLIP_benchmark's "{c}". A CuPL-style file, whose entries map each class
+name to its own prompts ({"cifar10": {"airplane": ["a photo of an airplane flying.", ...]}}), gives class-specific
+prompts: harness.zero_shot_classifier averages each class's own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..infra.suite import ConfigError
+
+
+def _read(source, dataset: str, what: str):
+    """A list (or a class -> prompts dict) from `source`: a list given inline, or a file."""
+    if isinstance(source, (list, tuple, dict)):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} for data set {dataset!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".json":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} file {path} is not valid JSON ({e})") from None
+    if isinstance(value, dict):  # CLIP_benchmark's: keyed by data-set name
+        keys = [k for k in (dataset, dataset.rpartition("/")[2], dataset.partition(":")[2]) if k in value]
+        if not keys and len(value) == 1:
+            keys = list(value)
+        if not keys:
+            raise ConfigError(f"{what} file {path} has no entry for data set {dataset!r} (its keys: "
+                              f"{', '.join(sorted(value)[:10])}{' ...' if len(value) > 10 else ''})")
+        value = value[keys[0]]
+    if not isinstance(value, (list, dict)) or not value:
+        raise ConfigError(f"{what} file {path}: expected a non-empty list for {dataset!r}")
+    return value
+
+
+def classnames(source, dataset: str, count: int | None = None) -> list[str]:
+    names = _read(source, dataset, "class-name")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"class names for {dataset!r}: expected a list of strings")
+    if count is not None and len(names) != count:
+        raise ConfigError(f"class names for {dataset!r}: {len(names)} given, the data set has {count} classes")
+    return names
+
+
+def templates(source, dataset: str) -> list[str] | dict[str, list[str]]:
+    """Templates with "{}" for the class name (CLIP_benchmark's "{c}" read as "{}"), or {class name: prompts}."""
+    value = _read(source, dataset, "template")
+    if isinstance(value, dict):
+        return {str(k): list(v) for k, v in value.items()}
+    if not all(isinstance(t, str) for t in value):
+        raise ConfigError(f"templates for {dataset!r}: expected strings")
+    return [t.replace("{c}", "{}") for t in value]

@@ -1,0 +1,178 @@
+"""One registry for every model a suite, `compare`, `bench` or `plan` names: a string or a dict, the same everywhere.
+
+    "timm:vit_small_patch16_224"          timm, by name (a pretrained tag may be part of it: "timm:resnet50.a1_in1k")
+    "open_clip:ViT-B-32"                   an open_clip architecture, random weights
+    "open_clip:ViT-B-32/openai"            ... with a pretrained tag (from the Hugging Face cache, or online)
+    "data_scale:vit_reference:1200:0"      a model the data-scale suite trains (its unit), from its checkpoint
+    "zero_shot:clip_fmnist"                the CLIP the zero-shot suite trains on Fashion-MNIST, likewise
+    "python:mypkg.models:build"            your own: the nn.Module a factory returns (harness.models.python)
+    {"model": "timm:vit_tiny_patch16_224", "id": "vit_ti4", "kwargs": {"img_size": 28},
+     "weights": "random" | "pretrained" | TAG | FILE, "with_reference": true, "data_cfg": {...}}
+
+A dict holds the same string under "model" and what the string cannot say: `kwargs` for the library's create
+function, `weights` ("random": the library's initialisation after torch.manual_seed(seed); "pretrained": timm's
+default tag; an open_clip tag; or a local checkpoint file in the library's format), `with_reference` (a suite
+evaluates the reference model converted from it too), `data_cfg` (timm's preprocessing facts: input_size, crop_pct,
+mean, std, interpolation), `id` (its name in tables and cache keys; by default the string without its library).
+Any other key (a published number, say) is kept in `extra` for the suite.
+
+`resolve(spec)` gives one `Model`: the image encoder and its preprocessing, the text encoder and tokenizer of a
+CLIP-like model, a weights identity for cache keys, and `reference(model)` the reference twin where a converter
+exists. Each library is one module of this package (timm, open_clip, data_scale, zero_shot, python) with the same
+functions (check, load; reference and save_random where they apply); adding a library is adding a module and a
+line to _libraries().
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn as nn
+
+from ..infra.suite import ConfigError
+from ..methods.features import weights_hash  # noqa: F401  (the library modules' weights identity)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    library: str  # a key of LIBRARIES
+    name: str  # what the library knows it by: "vit_tiny_patch16_224", "ViT-B-32", "vit_reference:1200:0", "pkg:fn"
+    id: str  # its name in tables and cache keys
+    weights: str = "random"
+    kwargs: dict = field(default_factory=dict)
+    with_reference: bool = False
+    data_cfg: dict | None = None
+    extra: dict = field(default_factory=dict)  # the declaration's other keys, for the suite (published numbers)
+
+    @property
+    def string(self) -> str:
+        return f"{self.library}:{self.name}"
+
+
+@dataclass
+class Model:
+    """A resolved model: what every suite needs of one, whichever library it comes from."""
+
+    spec: ModelSpec
+    library: str  # "timm", "open_clip", "data_scale", "python", or "reference" for a converted twin
+    module: nn.Module
+    encode_image: Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) -> (B, D) features
+    transform: Callable  # PIL image -> tensor: the model's own preprocessing
+    image_tower: nn.Module | None = None  # the module whose forward the image benchmark times (the model itself,
+    # or a CLIP's visual tower); None: module
+    input_size: tuple[int, int, int] = (3, 224, 224)  # (C, H, W) its preprocessing gives
+    encode_text: Callable[[torch.Tensor], torch.Tensor] | None = None  # tokens -> (B, D): a CLIP-like model
+    tokenizer: Callable | None = None  # list of texts -> tokens
+    weights_of: Model | None = None  # a converted twin carries the weights of this model
+
+    def __post_init__(self):
+        self.image_tower = self.module if self.image_tower is None else self.image_tower
+
+    @functools.cached_property
+    def weights(self) -> str:
+        """A hash of the weights (part of feature-cache keys), computed when first asked for."""
+        return self.weights_of.weights if self.weights_of is not None else weights_hash(self.module)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id if self.library != "reference" else f"{self.spec.id} (reference)"
+
+    @property
+    def clip_like(self) -> bool:
+        return self.encode_text is not None and self.tokenizer is not None
+
+
+def closest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return f" (closest known: {', '.join(close)})" if close else ""
+
+
+def _libraries() -> dict[str, ModuleType]:
+    from . import data_scale, open_clip, python, timm, zero_shot
+
+    return {"timm": timm, "open_clip": open_clip, "data_scale": data_scale, "zero_shot": zero_shot, "python": python}
+
+
+LIBRARY_NAMES = ("timm", "open_clip", "data_scale", "zero_shot", "python")
+SPEC_KEYS = ("model", "id", "weights", "kwargs", "with_reference", "data_cfg")
+
+
+def parse(spec: str | dict | ModelSpec, weights: str | None = None) -> ModelSpec:
+    """A declaration (module docstring) as a ModelSpec; `weights` is the default where the declaration names none
+    (a suite's "weights": "pretrained", say). A string without a known library, or an old-style dict, is refused
+    with the form to use."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    if isinstance(spec, str):
+        spec = {"model": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), str):
+        raise ConfigError(f"model {spec!r}: name a model as 'LIBRARY:NAME' ({', '.join(LIBRARY_NAMES)}), e.g. "
+                          "'timm:vit_tiny_patch16_224' or 'open_clip:ViT-B-32/openai', or as a dict "
+                          "{\"model\": \"timm:vit_tiny_patch16_224\", \"kwargs\": {...}, \"weights\": ...}")
+    library, sep, name = spec["model"].partition(":")
+    if not sep or library not in LIBRARY_NAMES or not name:
+        raise ConfigError(f"model {spec['model']!r}: expected 'LIBRARY:NAME' with LIBRARY one of "
+                          f"{', '.join(LIBRARY_NAMES)} (your own model: 'python:MODULE:FACTORY')")
+    default_weights = weights or "random"
+    if library == "open_clip" and "/" in name:  # open_clip:ARCH/PRETRAINED
+        name, _, tag = name.partition("/")
+        default_weights = tag
+    if library in ("data_scale", "zero_shot"):  # trained by a suite: the table says by which run
+        default_weights = f"trained ({name})"
+    ident = spec.get("id") or (spec["model"].partition(":")[2])
+    return ModelSpec(library, name, ident, spec.get("weights", default_weights), dict(spec.get("kwargs") or {}),
+                     bool(spec.get("with_reference", False)), spec.get("data_cfg"),
+                     {k: v for k, v in spec.items() if k not in SPEC_KEYS})
+
+
+def library_of(spec: ModelSpec) -> ModuleType:
+    return _libraries()[spec.library]
+
+
+def check(spec: str | dict | ModelSpec, weights: str | None = None) -> ModelSpec:
+    """The declaration parsed and checked before any work: a name its library knows (or the closest ones), weights
+    that can be what it needs (a known tag, or a file of its architecture)."""
+    parsed = parse(spec, weights)
+    library_of(parsed).check(parsed)
+    return parsed
+
+
+def resolve(spec: str | dict | ModelSpec, seed: int = 0, device: torch.device | str = "cpu",
+            cache_dir: Path | None = None, weights: str | None = None) -> Model:
+    """The Model a declaration names, in eval mode on `device`."""
+    parsed = parse(spec, weights)
+    return library_of(parsed).load(parsed, seed=seed, device=device, cache_dir=cache_dir)
+
+
+def reference(model: Model) -> Model:
+    """The reference model carrying `model`'s weights, with its preprocessing (and tokenizer), where a converter
+    exists (timm's and open_clip's ViT families); ValueError otherwise."""
+    convert = getattr(library_of(model.spec), "reference", None)
+    twin = convert(model) if convert is not None and model.library != "reference" else None
+    if twin is None:
+        raise ValueError(f"no reference converter for {model.spec.string}: with_reference works for timm and "
+                         "open_clip ViTs")
+    return twin
+
+
+def has_reference(spec: str | dict | ModelSpec) -> bool:
+    """Whether the library has a converter to the reference implementations (reference(model))."""
+    return hasattr(library_of(parse(spec)), "reference")
+
+
+def savable(spec: str | dict | ModelSpec) -> bool:
+    """Whether the library can write a checkpoint of the model's initialisation (save_random)."""
+    return hasattr(library_of(parse(spec)), "save_random")
+
+
+def save_random(spec: str | dict | ModelSpec, path: Path) -> Path:
+    """A checkpoint of the model's own initialisation (seed 0) in its library's format, for a rehearsal of the
+    full profile: weights files that load exactly as real ones would."""
+    parsed = parse(spec)
+    return library_of(parsed).save_random(parsed, Path(path))

@@ -1,0 +1,37 @@
+"""Models the data-scale suite trains, in the registry: "data_scale:ARCH:PER_CLASS:SEED" (harness.models), read from
+the run's checkpoint under the cache folder, or trained there first (the same deterministic run) when the suite
+has not run. Their preprocessing is the suite's: 28×28 grayscale, normalised with Fashion-MNIST's statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data.images import GrayscaleTransform
+from ..infra.suite import ConfigError, load_suite
+from ..methods.scale_runs import trained
+from . import Model, ModelSpec, closest
+from .timm import features
+
+
+def _config() -> dict:
+    return load_suite("data_scale").get_config("default")
+
+
+def check(spec: ModelSpec) -> None:
+    arch, *rest = spec.name.split(":")
+    known = [a["id"] for a in _config()["architectures"]]
+    if arch not in known or len(rest) != 2 or not all(r.isdigit() for r in rest):
+        raise ConfigError(f"data_scale model {spec.name!r}: expected ARCH:PER_CLASS:SEED with ARCH one of "
+                          f"{', '.join(known)}{closest(arch, known)} (e.g. data_scale:vit_reference:1200:0)")
+
+
+def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cache_dir: Path | None = None) -> Model:
+    if cache_dir is None:
+        raise ValueError(f"probing the data-scale model {spec.name!r} needs a cache folder (its checkpoint lives "
+                         "there): run without --no-cache")
+    module, _, _ = trained(spec.name, _config(), torch.device(device), Path(cache_dir))
+    return Model(spec, "data_scale", module, features(module), GrayscaleTransform(channels=1),
+                 input_size=(1, 28, 28))
+

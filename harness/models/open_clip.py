@@ -1,0 +1,94 @@
+"""open_clip models in the registry: "open_clip:ARCH" or "open_clip:ARCH/PRETRAINED" (harness.models). Models
+whose tokenizer needs `transformers` or a hub download (the SigLIP family) are out of scope offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..infra.suite import ConfigError
+from . import Model, ModelSpec, closest
+from .weights import check_file
+
+
+def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch.nn.Module:
+    """An open_clip model in eval mode. `weights`: "random", a pretrained tag ("openai", "laion2b_s34b_b79k", ...:
+    from the Hugging Face cache, or the hub when online) or a local checkpoint file."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    kwargs = merged_kwargs(name, kwargs)
+    if weights == "random":
+        return open_clip.create_model(name, pretrained=None, **kwargs).eval()
+    try:
+        return open_clip.create_model(name, pretrained=weights, **kwargs).eval()
+    except Exception as e:
+        raise RuntimeError(
+            f"open_clip weights {weights!r} for {name!r} could not be loaded ({type(e).__name__}: {e}). "
+            "Pass a pretrained tag that is in the Hugging Face cache (fill it once online), "
+            "or the path of a local checkpoint file."
+        ) from e
+
+
+def merged_kwargs(name: str, kwargs: dict) -> dict:
+    """open_clip replaces a whole vision_cfg / text_cfg given to create_model; here a partial one is merged into
+    the named model's own ({"vision_cfg": {"layers": 2}} shrinks the image tower and keeps the rest)."""
+    import open_clip
+
+    if not any(k in kwargs for k in ("vision_cfg", "text_cfg")):
+        return kwargs
+    base = open_clip.get_model_config(name)
+    return {**kwargs, **{k: {**base[k], **kwargs[k]} for k in ("vision_cfg", "text_cfg") if k in kwargs}}
+
+
+def transform(model: torch.nn.Module):
+    """The model's own evaluation preprocessing (open_clip's preprocess_cfg)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {"size": model.visual.image_size}
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+
+
+def check(spec: ModelSpec) -> None:
+    import open_clip
+
+    if spec.name not in open_clip.list_models():
+        raise ConfigError(f"open_clip has no model {spec.name!r}{closest(spec.name, open_clip.list_models())}; "
+                          "open_clip.list_models() lists them")
+    if spec.weights == "random":
+        return
+    if not Path(spec.weights).exists():
+        tags = open_clip.list_pretrained_tags_by_model(spec.name)
+        if spec.weights in tags:
+            return
+        raise ConfigError(f"weights {spec.weights!r} for open_clip {spec.name!r} are neither 'random', a pretrained "
+                          f"tag ({', '.join(tags) or 'none'}) nor an existing file")
+    with torch.device("meta"):
+        model = open_clip.create_model(spec.name, pretrained=None, device="meta",
+                                       **merged_kwargs(spec.name, spec.kwargs))
+    check_file(spec.weights, f"open_clip model {spec.name!r}", model)
+
+
+def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cache_dir=None) -> Model:
+    import open_clip
+
+    module = create(spec.name, spec.weights, seed=seed, **spec.kwargs).to(device)
+    return Model(spec, "open_clip", module, module.encode_image, transform(module),
+                 image_tower=module.visual, input_size=(3, *module.visual.image_size),
+                 encode_text=module.encode_text, tokenizer=open_clip.get_tokenizer(spec.name))
+
+
+def reference(model: Model) -> Model:
+    from ..convert import from_open_clip
+
+    ref = from_open_clip(model.module)
+    return Model(model.spec, "reference", ref, ref.encode_image, model.transform,
+                 image_tower=ref.visual, input_size=model.input_size, encode_text=ref.encode_text,
+                 tokenizer=model.tokenizer, weights_of=model)
+
+
+def save_random(spec: ModelSpec, path: Path) -> Path:
+    path = Path(f"{path}.pt")
+    torch.save(create(spec.name, "random", seed=0, **spec.kwargs).state_dict(), path)
+    return path

@@ -1,0 +1,94 @@
+"""timm models in the registry: "timm:NAME" (harness.models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..infra.suite import ConfigError
+from . import Model, ModelSpec, closest
+from .weights import check_file
+
+
+def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A timm model in eval mode: "random" (timm's initialisation after torch.manual_seed(seed)), "pretrained"
+    (timm's default tag, from the Hugging Face cache or the hub) or a local checkpoint file in timm's format."""
+    import timm
+
+    torch.manual_seed(seed)
+    if weights == "random":
+        return timm.create_model(name, pretrained=False, **kwargs).eval()
+    if weights == "pretrained":
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs).eval()
+        except Exception as e:  # the hub is unreachable and nothing is cached
+            raise RuntimeError(
+                f"pretrained weights for timm model {name!r} could not be loaded ({type(e).__name__}: {e}). "
+                "Either put them in the Hugging Face cache (run once online, or copy ~/.cache/huggingface), "
+                "or pass a local checkpoint file as the weights (a path instead of 'pretrained')."
+            ) from e
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights {weights!r} are neither 'random', 'pretrained' nor an existing file")
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs).eval()
+
+
+def transform(model: torch.nn.Module):
+    """The model's own evaluation preprocessing (resize, crop, normalise) from its pretrained_cfg."""
+    import timm.data
+
+    return timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+
+
+def features(model: torch.nn.Module):
+    """The pre-logits features: what a linear probe reads."""
+    return lambda x: model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def check(spec: ModelSpec) -> None:
+    import timm
+
+    if not timm.is_model(spec.name):
+        raise ConfigError(f"timm has no model {spec.name!r}{closest(spec.name, timm.list_models())}; "
+                          "timm.list_models('*pattern*') lists them")
+    if spec.weights in ("random", "pretrained"):
+        return
+    if not Path(spec.weights).is_file():
+        raise ConfigError(f"weights {spec.weights!r} for timm model {spec.name!r} are neither 'random', 'pretrained' "
+                          "nor an existing file")
+    with torch.device("meta"):
+        model = timm.create_model(spec.name, pretrained=False, **spec.kwargs)
+    check_file(spec.weights, f"timm model {spec.name!r}", model)
+
+
+def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cache_dir=None) -> Model:
+    kwargs = dict(spec.kwargs)
+    if spec.data_cfg:
+        kwargs["pretrained_cfg_overlay"] = dict(spec.data_cfg)
+    module = create(spec.name, spec.weights, seed=seed, **kwargs).to(device)
+    return Model(spec, "timm", module, features(module), transform(module),
+                 input_size=input_size(module))
+
+
+def input_size(module: torch.nn.Module) -> tuple[int, int, int]:
+    import timm.data
+
+    return tuple(timm.data.resolve_data_config({}, model=module)["input_size"])
+
+
+def reference(model: Model) -> Model:
+    from ..convert import from_timm
+
+    ref = from_timm(model.module)
+    return Model(model.spec, "reference", ref, features(ref), model.transform, input_size=model.input_size,
+                 weights_of=model)
+
+
+def save_random(spec: ModelSpec, path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    module = create(spec.name, "random", seed=0, **spec.kwargs)
+    path = Path(f"{path}.safetensors")
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+    return path

@@ -1,0 +1,65 @@
+"""A user's own models, for the registry's python: form (README "Your model, your data"; tests/test_your_model.py).
+
+    python:tests.models:tiny        an image encoder: forward(images) -> features
+    python:tests.models:tiny_clip   a CLIP-like model: encode_image, encode_text and a tokenizer
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class TinyEncoder(nn.Module):
+    """Patches of 8×8 pixels, a linear embedding, mean-pooled: (B, 3, 32, 32) -> (B, dim)."""
+
+    data_config = {"input_size": (3, 32, 32), "crop_pct": 1.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.patches = nn.Conv2d(3, dim, kernel_size=8, stride=8)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.patches(images).mean(dim=(2, 3))
+
+
+def tiny(dim: int = 16) -> nn.Module:
+    return TinyEncoder(dim)
+
+
+class CharTokenizer:
+    """Texts -> (N, length) character codes (0 pads): enough for a text tower that has never seen a BPE."""
+
+    def __init__(self, length: int = 32, vocab: int = 128):
+        self.length, self.vocab = length, vocab
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            codes = [min(ord(c), self.vocab - 1) for c in text[: self.length]]
+            out[i, : len(codes)] = torch.tensor(codes, dtype=torch.long)
+        return out
+
+
+class TinyCLIP(nn.Module):
+    """An image tower (TinyEncoder) and a text tower (character embeddings, mean-pooled) in one embedding space."""
+
+    data_config = TinyEncoder.data_config
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.visual = TinyEncoder(dim)
+        self.embed = nn.Embedding(128, dim)
+        self.tokenizer = CharTokenizer()
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.visual(images)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        mask = (tokens > 0).unsqueeze(-1).float()
+        x = (self.embed(tokens) * mask).sum(1) / mask.sum(1).clamp_min(1)
+        return F.normalize(x, dim=-1) if normalize else x
+
+
+def tiny_clip(dim: int = 16) -> nn.Module:
+    return TinyCLIP(dim)
