@@ -287,7 +287,8 @@ def write(out: Path, quick: bool = False, gpu_bench: Path | None = None) -> Path
         "## What does not scale, and what changed", "",
         "- The probe's full-batch L-BFGS: a float64 copy of 1.28M × 1,024 features is 10 GiB. Now the features stay "
         "float32 (or float16) in memory and each evaluation converts blocks of 1,024 rows (chunked gradient, "
-        "`harness.methods.probe.fit(max_bytes=...)`); the fit runs in float32 and is polished in float64 from that point; "
+        "`harness.methods.probe.fit(max_bytes=...)`); the fit runs in float32 and is polished in float64 from that "
+        "point; "
         "L-BFGS is preconditioned by the features' second moment, so fewer steps reach the same optimum (tested: "
         "tests/test_linear_probe.py). On the default profile, predictions of round-off twins stay identical, and "
         "results move only where the better-converged λ sweep picks a neighbouring strength; bench_probe compares "
