@@ -4,6 +4,8 @@
     "imagenet"                       ImageNet-1k: an ImageFolder named by root or $VITCLIP_IMAGENET_DIR, or the hub
     "cifar10", "food101", ...        CLIP_benchmark's data sets, declared in harness.data.catalog (hub cache, or a
     "flickr30k", "mscoco"            local copy given as root); the last two are image–caption retrieval sets
+    "datacomp"                       DataComp's 38 zero-shot tasks (harness.data.datacomp), each as below
+    "datacomp:vtab/caltech101"       one of them, by its tasklist.yml key (webdataset, retrieval or WinoGAViL)
     "imagefolder:/data/x"            your folders: train/ and val/ (or test/), one sub-folder per class
     "manifest:/data/x.csv"           your list: path, label and an optional split column (CSV or JSON Lines)
     {"name": "imagefolder:/data/x", "classnames": "names.txt", "templates": "templates.json",
@@ -28,10 +30,11 @@ import os
 from dataclasses import dataclass, field
 
 from ..infra.suite import ConfigError
-from . import catalog, fashion_mnist, folders, imagenet, images, texts  # noqa: F401  (harness.data.images, ...)
+from . import catalog, datacomp, fashion_mnist, folders, imagenet, images, texts  # noqa: F401  (harness.data.images)
 from .images import ImageData
 
-SOURCES = ("fashion_mnist", "imagenet", "imagefolder", "manifest")  # and the catalog's names
+SOURCES = ("fashion_mnist", "imagenet", "imagefolder", "manifest", "datacomp")  # and the catalog's names
+PREFIXES = ("imagefolder", "manifest", "datacomp")
 DATA_KEYS = ("name", "root", "classnames", "templates")
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -46,7 +49,7 @@ class DataSpec:
 
     @property
     def source(self) -> str:
-        """"fashion_mnist", "imagenet", "imagefolder", "manifest" or "catalog"."""
+        """"fashion_mnist", "imagenet", "imagefolder", "manifest", "datacomp" or "catalog"."""
         head, sep, _ = self.name.partition(":")
         if sep:
             return head
@@ -68,9 +71,15 @@ def parse(spec: str | dict | DataSpec) -> DataSpec:
         raise ConfigError(f"data set {spec!r}: name one as a string (fashion_mnist, cifar10, imagefolder:PATH, "
                           "manifest:FILE) or a dict {\"name\": ..., \"classnames\": ..., \"templates\": ...}")
     head, sep, rest = spec["name"].partition(":")
-    if sep and (head not in ("imagefolder", "manifest") or not rest):
-        raise ConfigError(f"data set {spec['name']!r}: a prefixed name is imagefolder:PATH or manifest:FILE")
-    if not sep:
+    if sep and (head not in PREFIXES or not rest):
+        raise ConfigError(f"data set {spec['name']!r}: a prefixed name is imagefolder:PATH, manifest:FILE or "
+                          "datacomp:TASK")
+    if head == "datacomp" and sep:
+        datacomp.task(rest)  # a known task key, or the closest ones
+    elif spec["name"] == "datacomp":
+        raise ConfigError("'datacomp' names DataComp's 38 tasks: a suite's datasets list expands it (data.expand); "
+                          "one task is datacomp:KEY")
+    elif not sep:
         catalog.entry(spec["name"])  # a known name, or the closest ones
     root = spec.get("root")
     if root is None and spec["name"] == "imagenet":
@@ -79,9 +88,26 @@ def parse(spec: str | dict | DataSpec) -> DataSpec:
                     {k: v for k, v in spec.items() if k not in DATA_KEYS})
 
 
+def expand(specs: list) -> list[DataSpec]:
+    """A suite's list of data sets with the named list "datacomp" (a string, or a dict that gives a root: the
+    folder DataComp's download_evalsets.py fills) as its 38 tasks."""
+    out = []
+    for spec in specs:
+        named = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None
+        if named == "datacomp":
+            extra = {k: v for k, v in spec.items() if k != "name"} if isinstance(spec, dict) else {}
+            out += [parse({"name": f"datacomp:{t.key}", **extra}) for t in datacomp.TASKS]
+        else:
+            out.append(parse(spec))
+    return out
+
+
 def task(spec: str | dict | DataSpec) -> str:
-    """"classification" or "retrieval"."""
+    """"classification", "retrieval" or "winogavil" (DataComp's WinoGAViL)."""
     s = parse(spec)
+    if s.source == "datacomp":
+        kind = datacomp.task(s.path).kind
+        return {"wds": "classification"}.get(kind, kind)
     if s.source != "catalog":
         return "classification"
     return catalog.entry(s.name).task
@@ -97,8 +123,14 @@ def check(spec: str | dict | DataSpec, roles: list[str] = ("train", "test")) -> 
         folders.check_manifest(s.path, list(roles))
     elif s.name == "imagenet" and s.root:
         imagenet.check_folder(s.root, ["train" if r == "train" else "validation" for r in roles])
-    elif s.source == "catalog" and s.root is not None and not os.path.exists(s.root):
-        raise ConfigError(f"{s.name}: local copy {s.root} does not exist")
+    elif s.source == "datacomp" and s.root is not None and not os.path.isdir(s.root):
+        raise ConfigError(f"{s.name}: local copy {s.root} does not exist (expected the folder DataComp's "
+                          "download_evalsets.py fills)")
+    elif s.source == "catalog" and s.root is not None:
+        entry = catalog.entry(s.name)
+        for role in roles if entry.task == "classification" else ["test"]:
+            if role in entry.splits:
+                catalog.check_local(entry, entry.splits[role], s.root)
     for source in (s.classnames, s.templates):
         if isinstance(source, str) and not os.path.isfile(source):
             raise ConfigError(f"{s.name}: file {source} does not exist")
@@ -121,19 +153,27 @@ def load(spec: str | dict | DataSpec, role: str) -> ImageData:
         data = folders.load_imagefolder(s.path, role)
     elif s.source == "manifest":
         data = folders.load_manifest(s.path, role, given)
+    elif s.source == "datacomp":
+        if role != "test":
+            raise ConfigError(f"{s.name}: DataComp's tasks have a test split only")
+        data = datacomp.load(s.path, s.root)
     else:
         data = catalog.load(s.name, role, s.root)
     if given is not None:
         data = data.with_names(texts.classnames(given, s.name, len(data.classnames)))
-    return data.with_templates(templates(s))
+    own = templates(s)
+    return data if own is None else data.with_templates(own)
 
 
 def templates(spec: str | dict | DataSpec) -> list[str] | dict[str, list[str]]:
-    """The zero-shot templates: the declaration's, else the catalog's, else CLIP's plain "a photo of a {}."."""
+    """The zero-shot templates: the declaration's, else the catalog's, else CLIP's plain "a photo of a {}.";
+    None for a DataComp task, whose templates come with its files."""
 
     s = parse(spec)
     if s.templates is not None:
         return texts.templates(s.templates, s.name)
+    if s.source == "datacomp":
+        return None
     if s.source in ("catalog", "fashion_mnist", "imagenet"):
         return catalog.templates(catalog.entry(s.name))
     return list(DEFAULT_TEMPLATES)
@@ -143,4 +183,6 @@ def load_retrieval(spec: str | dict | DataSpec):
     """An image–caption set (Flickr30k, MSCOCO) as a RetrievalData."""
 
     s = parse(spec)
+    if s.source == "datacomp":
+        return catalog.load_retrieval(datacomp.retrieval_entry(s.path), datacomp.local_root(s.path, s.root))
     return catalog.load_retrieval(s.name, s.root)

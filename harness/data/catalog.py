@@ -1,20 +1,30 @@
 """The data sets users of LAION's CLIP_benchmark evaluate on, declared as data, one entry each, loaded through
 Hugging Face `datasets`.
 
-Each entry says where the data set comes from (a hub id, read from the Hugging Face cache — fill it once online —
-or a local copy: a folder in the hub's parquet layout, or an ImageFolder), its split names, its image and label
-columns, its class names (the CLIP paper's where they differ from the data set's own), the zero-shot templates the
-CLIP paper published for it (OpenAI CLIP, data/prompts.md; CLIP_benchmark uses the same), and, where open_clip's
-results table (docs/openclip_results.csv) has it, the published zero-shot score of the models the full profiles
-name. Retrieval sets (Flickr30k, MSCOCO) hold an image and its captions.
+Each entry says where the data set is published (a hub repository, its revision and the files of each split
+as the hub serves them: `files`, globs relative to the repository's root), where that layout was checked
+(`source`: the dataset card or loader file, by repository and path), its image and label columns, its class names
+(the CLIP paper's where they differ from the data set's own; `rename` mends a hub name that is wrong), the
+zero-shot templates the CLIP paper published for it (OpenAI CLIP, data/prompts.md; CLIP_benchmark uses the same),
+and, where open_clip's results table (docs/openclip_results.csv) has it, the published zero-shot score of the
+models the full profiles name. Retrieval sets (Flickr30k, MSCOCO) hold an image and its captions.
 
     from harness import data
     data.load("cifar10", "test")                                       # an ImageData (harness.data: the registry)
-    data.load({"name": "cifar10", "root": "/data/cifar10"}, "test")    # a local copy in the hub's layout
+    data.load({"name": "cifar10", "root": "/data/cifar10"}, "test")    # a local copy
     data.catalog.CATALOG["cifar10"].templates
 
-The hub ids are the ones the data sets are published under on the Hugging Face hub; none could be fetched here
-(no hub): the loaders are tested on small copies written in each entry's layout (tests/test_catalog.py).
+Where the data come from:
+- the hub: `datasets.load_dataset(hub_id, revision=revision, data_files={split: files[split]})`, read from the
+  Hugging Face cache (fill it once online with HF_DATASETS_OFFLINE=0). Naming the files asks for no loading script:
+  nlphuji's Flickr30k and MSCOCO are loading-script repositories, which `datasets` 4 and later refuse, so they are
+  read from the hub's parquet export (revision refs/convert/parquet).
+- a local copy (`root`): the same files under root, as a `git clone` or `huggingface-cli download` of the revision
+  leaves them (root/<files[split]>), or an ImageFolder (root/<split>/<class>/<image>). Anything else is refused,
+  naming both layouts.
+
+No hub is reachable here: the loaders are tested on small copies written in each published layout by
+tests/test_catalog.py, from the published files, columns and class-name strings, independently of these entries.
 """
 
 from __future__ import annotations
@@ -42,15 +52,24 @@ class CatalogEntry:
     name: str
     hub_id: str  # where the hub publishes it (read from the Hugging Face cache; HF_DATASETS_OFFLINE=0 fills it)
     splits: dict[str, str]  # role ("train", "test") -> the data set's split name
+    files: dict[str, str]  # split name -> glob of its files, relative to the repository's root, as the hub serves them
+    source: str  # where the layout (files, columns, class names) was checked: repository and path
+    revision: str | None = None  # the hub revision holding `files` (None: the default branch)
     image_column: str = "image"
     label_column: str = "label"
     classnames: tuple[str, ...] | None = None  # None: the data set's own ClassLabel names, "_" read as " "
+    rename: dict[str, str] = field(default_factory=dict)  # a class name as published -> as it should read
     templates: tuple[str, ...] = ("a photo of a {}.",)
     task: str = "classification"  # or "retrieval": captions_column holds each image's captions
     captions_column: str | None = None
     filter: tuple[str, str] | None = None  # (column, value): rows of a split kept (Flickr30k's Karpathy split)
-    # published zero-shot top-1 (retrieval: the table's retrieval score), % — "MODEL/pretrained tag" -> value
+    # published zero-shot top-1 (retrieval: the mean of image and text recall@1), % — "MODEL/pretrained tag" -> value
     published: dict[str, float] = field(default_factory=dict)
+
+
+def _parquet(folder: str, splits=("train", "test")) -> dict[str, str]:
+    """The hub's parquet layout: <folder>/<split>-NNNNN-of-NNNNN.parquet."""
+    return {split: f"{folder}/{split}-*.parquet" for split in splits}
 
 
 def _pub(b32_openai, b32_laion, b16_openai, l14_openai) -> dict[str, float]:
@@ -59,13 +78,20 @@ def _pub(b32_openai, b32_laion, b16_openai, l14_openai) -> dict[str, float]:
 
 
 CATALOG: dict[str, CatalogEntry] = {s.name: s for s in [
-    CatalogEntry("cifar10", "uoft-cs/cifar10", {"train": "train", "test": "test"}, "img", "label",
+    CatalogEntry("cifar10", "uoft-cs/cifar10", {"train": "train", "test": "test"}, _parquet("plain_text"),
+             "uoft-cs/cifar10 README.md (configs: plain_text/{train,test}-*; features img, label)",
+             image_column="img",
              templates=tuple(_PHOTO), published=_pub(89.83, 93.58, 90.77, 95.59)),
-    CatalogEntry("cifar100", "uoft-cs/cifar100", {"train": "train", "test": "test"}, "img", "fine_label",
+    CatalogEntry("cifar100", "uoft-cs/cifar100", {"train": "train", "test": "test"}, _parquet("cifar100"),
+             "uoft-cs/cifar100 README.md (configs: cifar100/{train,test}-*; features img, fine_label, coarse_label; "
+             "fine_label name 26 is 'cra')", image_column="img", label_column="fine_label", rename={"cra": "crab"},
              templates=tuple(_PHOTO), published=_pub(64.23, 75.55, 66.95, 75.82)),
     CatalogEntry("food101", "ethz/food101", {"train": "train", "test": "validation"},
+             _parquet("data", ("train", "validation")),
+             "ethz/food101 README.md (data/{train,validation}-*; features image, label: 101 names)",
              templates=("a photo of {}, a type of food.",), published=_pub(84.00, 82.69, 88.72, 93.05)),
-    CatalogEntry("pets", "timm/oxford-iiit-pet", {"train": "train", "test": "test"},
+    CatalogEntry("pets", "timm/oxford-iiit-pet", {"train": "train", "test": "test"}, _parquet("data"),
+             "timm/oxford-iiit-pet README.md (data/{train,test}-*; features image, label)",
              classnames=("Abyssinian", "American Bulldog", "American Pit Bull Terrier", "Basset Hound", "Beagle",
                          "Bengal", "Birman", "Bombay", "Boxer", "British Shorthair", "Chihuahua", "Egyptian Mau",
                          "English Cocker Spaniel", "English Setter", "German Shorthaired", "Great Pyrenees",
@@ -75,6 +101,9 @@ CATALOG: dict[str, CatalogEntry] = {s.name: s for s in [
                          "Staffordshire Bull Terrier", "Wheaten Terrier", "Yorkshire Terrier"),
              templates=("a photo of a {}, a type of pet.",), published=_pub(87.00, 90.76, 88.86, 93.23)),
     CatalogEntry("flowers102", "dpdl-benchmark/oxford_flowers102", {"train": "train", "test": "test"},
+             _parquet("data", ("train", "validation", "test")),
+             "dpdl-benchmark/oxford_flowers102 files (data/train-00000-of-00001, data/validation-00000-of-00001, "
+             "data/test-0000k-of-00006 .parquet; columns image, label)",
              classnames=(
                  "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea", "english marigold",
                  "tiger lily", "moon orchid", "bird of paradise", "monkshood", "globe thistle", "snapdragon",
@@ -95,29 +124,45 @@ CATALOG: dict[str, CatalogEntry] = {s.name: s for s in [
                  "camellia", "mallow", "mexican petunia", "bromelia", "blanket flower", "trumpet creeper",
                  "blackberry lily"),
              templates=("a photo of a {}, a type of flower.",), published=_pub(66.70, 70.24, 69.07, 79.23)),
-    CatalogEntry("stl10", "tanganke/stl10", {"train": "train", "test": "test"},
+    CatalogEntry("stl10", "tanganke/stl10", {"train": "train", "test": "test"}, _parquet("data"),
+             "tanganke/stl10 README.md (data/{train,test}-*; features image, label: airplane ... truck)",
              templates=("a photo of a {}.", "a photo of the {}."), published=_pub(97.13, 96.56, 98.25, 99.36)),
-    CatalogEntry("dtd", "tanganke/dtd", {"train": "train", "test": "test"},
+    CatalogEntry("dtd", "tanganke/dtd", {"train": "train", "test": "test"}, _parquet("data"),
+             "tanganke/dtd README.md (data/{train,test}-*; features image, label: 47 names, banded ... zigzagged)",
              templates=("a photo of a {} texture.", "a photo of a {} pattern.", "a photo of a {} thing.",
                         "a photo of a {} object.", "a photo of the {} texture.", "a photo of the {} pattern.",
                         "a photo of the {} thing.", "a photo of the {} object."),
              published=_pub(44.36, 55.69, 44.95, 55.37)),
-    CatalogEntry("eurosat", "tanganke/eurosat", {"train": "train", "test": "test"},
+    CatalogEntry("eurosat", "tanganke/eurosat", {"train": "train", "test": "test"}, _parquet("data"),
+             "tanganke/eurosat README.md (data/{train,test,contrast,...}-00000-of-00001; features image, label)",
              classnames=("annual crop land", "forest", "brushland or shrubland", "highway or road",
                          "industrial buildings or commercial buildings", "pasture land", "permanent crop land",
                          "residential buildings or homes or apartments", "river", "lake or sea"),
              templates=("a centered satellite photo of {}.", "a centered satellite photo of a {}.",
                         "a centered satellite photo of the {}."), published=_pub(50.44, 48.06, 55.94, 62.63)),
-    CatalogEntry("mnist", "ylecun/mnist", {"train": "train", "test": "test"},
+    CatalogEntry("mnist", "ylecun/mnist", {"train": "train", "test": "test"}, _parquet("mnist"),
+             "ylecun/mnist README.md (configs: mnist/{train,test}-*; features image, label: '0' ... '9')",
              classnames=tuple(str(d) for d in range(10)), templates=('a photo of the number: "{}".',),
              published=_pub(48.39, 69.96, 51.35, 76.34)),
     CatalogEntry("fashion_mnist", "zalando-datasets/fashion_mnist", {"train": "train", "test": "test"},
+             _parquet("fashion_mnist"),
+             "zalando-datasets/fashion_mnist README.md (configs: fashion_mnist/{train,test}-*; features "
+             "image, label: 'T - shirt / top', 'Trouser', ...); the Debian package's README: 'T-shirt/top'",
              classnames=tuple(FASHION_MNIST_CLASSES), templates=("a photo of a {}.",)),
-    CatalogEntry("imagenet", "ILSVRC/imagenet-1k", {"train": "train", "test": "validation"},
+    CatalogEntry("imagenet", "ILSVRC/imagenet-1k", {"train": "train", "test": "validation"}, {},
+             "read by harness.data.imagenet (an ImageFolder, or the hub id through the cache), not by this module",
              templates=("openai_imagenet",), published=_pub(63.32, 66.56, 68.34, 75.54)),
-    CatalogEntry("flickr30k", "nlphuji/flickr30k", {"test": "test"}, task="retrieval", captions_column="caption",
+    CatalogEntry("flickr30k", "nlphuji/flickr30k", {"test": "test"}, {"test": "TEST/test/*.parquet"},
+             "nlphuji/flickr30k flickr30k.py (a loading script; config TEST, one split 'test' of 31,783 rows: image, "
+             "caption (5 strings), sentids, split (Karpathy's train/val/test), img_id, filename); read from its "
+             "parquet export, refs/convert/parquet TEST/test/", revision="refs/convert/parquet", task="retrieval",
+             captions_column="caption",
              filter=("split", "test"), published=_pub(68.84, 75.44, 72.18, 75.08)),
-    CatalogEntry("mscoco", "nlphuji/mscoco_2014_5k_test_image_text_retrieval", {"test": "test"}, task="retrieval",
+    CatalogEntry("mscoco", "nlphuji/mscoco_2014_5k_test_image_text_retrieval", {"test": "test"},
+             {"test": "TEST/test/*.parquet"}, "nlphuji/mscoco_2014_5k_test_image_text_retrieval "
+             "mscoco_2014_5k_test_image_text_retrieval.py (a loading script; config TEST, split 'test' of 5,000 rows: "
+             "image, caption (5 strings)); read from its parquet export, refs/convert/parquet TEST/test/",
+             revision="refs/convert/parquet", task="retrieval",
              captions_column="caption", published=_pub(40.28, 47.83, 42.75, 46.42)),
 ]}
 
@@ -142,44 +187,95 @@ def templates(s: CatalogEntry) -> list[str]:
     return list(s.templates)
 
 
+def local_files(s: CatalogEntry, split: str, root: Path) -> list[Path]:
+    """The files of `split` in a local copy laid out as the hub serves them (root/<files[split]>)."""
+    pattern = s.files.get(split)
+    return sorted(root.glob(pattern)) if pattern else []
+
+
+def _imagefolder_split(root: Path, split: str) -> Path | None:
+    folder = root / split
+    if folder.is_dir() and any(p.is_dir() for p in folder.iterdir()):
+        return folder
+    return None
+
+
+def check_local(s: CatalogEntry, split: str, root: str | os.PathLike) -> str:
+    """"parquet" or "imagefolder": the layout of a local copy, or a ConfigError saying what was expected."""
+    from ..infra.suite import ConfigError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{s.name}: local copy {root} does not exist")
+    if local_files(s, split, root):
+        return "parquet"
+    if s.task == "classification" and _imagefolder_split(root, split):
+        return "imagefolder"
+    expected = f"{root}/{s.files[split]} (the files of {s.hub_id}" + (f" at revision {s.revision}" if s.revision
+                                                                      else "") + ", as the hub serves them)"
+    if s.task == "classification":
+        expected += f", or an ImageFolder {root}/{split}/<class>/<image>"
+    raise ConfigError(f"{s.name}: the local copy {root} is in no layout this harness reads for split {split!r}: "
+                      f"expected {expected}")
+
+
 def _hub_or_local(s: CatalogEntry, split: str, root: str | os.PathLike | None):
-    """The split as a datasets.Dataset: a local copy (the hub's parquet layout, or an ImageFolder) when root is
-    given, else the hub id through the Hugging Face cache."""
+    """The split as a datasets.Dataset: a local copy (the hub's files, or an ImageFolder) when root is given, else
+    the hub repository's files through the Hugging Face cache (data_files named: no loading script runs)."""
     import datasets
 
     if root is not None:
         root = Path(root)
-        if not root.exists():
-            from ..infra.suite import ConfigError
-
-            raise ConfigError(f"{s.name}: local copy {root} does not exist")
-        parquet = sorted(root.rglob(f"{split}-*.parquet"))
-        if parquet:
-            return datasets.load_dataset("parquet", data_files={split: [str(p) for p in parquet]}, split=split), root
-        return datasets.load_dataset("imagefolder", data_files={split: str(root / split / "**")}, split=split), root
+        if check_local(s, split, root) == "parquet":
+            files = [str(p) for p in local_files(s, split, root)]
+            return datasets.load_dataset("parquet", data_files={split: files}, split=split), root
+        folder = _imagefolder_split(root, split)
+        return datasets.load_dataset("imagefolder", data_files={split: str(folder / "**")}, split=split), root
     try:
-        return datasets.load_dataset(s.hub_id, split=split), None
+        return datasets.load_dataset(s.hub_id, revision=s.revision, data_files={split: s.files[split]},
+                                     split=split), None
     except Exception as e:
         raise FileNotFoundError(
-            f"{s.name} is not available: it is read from the Hugging Face cache ({s.hub_id}; run once online with "
-            f"HF_DATASETS_OFFLINE=0 to fill it), or from a local copy (--set with the data set's root: a folder in "
-            f"the hub's parquet layout, or an ImageFolder). Cause: {type(e).__name__}: {str(e).splitlines()[0]}"
+            f"{s.name} is not available: it is read from the Hugging Face cache ({s.hub_id}"
+            + (f", revision {s.revision}" if s.revision else "") + f", files {s.files[split]}; run once online with "
+            f"HF_DATASETS_OFFLINE=0 to fill it), or from a local copy (the data set's root: those files under it, or "
+            f"an ImageFolder root/{split}/<class>/<image>). Cause: {type(e).__name__}: {str(e).splitlines()[0]}"
         ) from e
+
+
+def hub_classnames(s: CatalogEntry, names: list[str]) -> list[str]:
+    """The data set's own class names as they should read: `rename` applied, "_" read as " "."""
+    return [s.rename.get(n, n).replace("_", " ") for n in names]
 
 
 def load(name: str, role: str, root: str | os.PathLike | None = None) -> ImageData:
     """Split `role` ("train" or "test") of a classification data set, as an ImageData (image and label columns
     named "image" and "label", class names as declared)."""
+    import datasets
+
     s = entry(name)
     if s.task != "classification":
         raise ValueError(f"{name} is a retrieval data set: use load_retrieval")
+    if not s.files:
+        raise ValueError(f"{name}: {s.source}")
     ds, local = _hub_or_local(s, s.splits[role], root)
     ds = _rename(ds, s.image_column, "image")
     ds = _rename(ds, s.label_column, "label")
-    names = list(s.classnames) if s.classnames else [c.replace("_", " ") for c in ds.features["label"].names]
-    if s.classnames and len(names) != ds.features["label"].num_classes:
-        raise ValueError(f"{name}: {len(names)} class names declared, the data set has "
-                         f"{ds.features['label'].num_classes} classes")
+    label = ds.features["label"]
+    if isinstance(label, datasets.ClassLabel):
+        count = label.num_classes
+        names = list(s.classnames) if s.classnames else hub_classnames(s, label.names)
+    elif s.classnames:  # plain integer labels: the declared names say how many classes there are
+        count, names = len(s.classnames), list(s.classnames)
+        top = max(ds["label"]) if len(ds) else -1
+        if top >= count:
+            raise ValueError(f"{name}: label {top} in the data, but {count} class names are declared")
+        ds = ds.cast_column("label", datasets.ClassLabel(names=names))
+    else:
+        raise ValueError(f"{name}: the label column {s.label_column!r} holds {label}, not class labels, and no "
+                         "class names are declared")
+    if len(names) != count:
+        raise ValueError(f"{name}: {len(names)} class names declared, the data set has {count} classes")
     fingerprint = _fingerprint(local) if local else ds._fingerprint
     return ImageData(name, role, ds, names, fingerprint)
 
@@ -192,15 +288,21 @@ class RetrievalData:
     caption_image: list[int]  # the image each caption describes
 
 
-def load_retrieval(name: str, root: str | os.PathLike | None = None) -> RetrievalData:
+def load_retrieval(name: str | CatalogEntry, root: str | os.PathLike | None = None) -> RetrievalData:
+    """An image–caption set: every image of the split (Flickr30k: the rows of the Karpathy test split) and all
+    of its captions."""
     import datasets
 
-    s = entry(name)
+    s = name if isinstance(name, CatalogEntry) else entry(name)
+    name = s.name
     if s.task != "retrieval":
         raise ValueError(f"{name} is a classification data set: use load")
     ds, local = _hub_or_local(s, s.splits["test"], root)
-    if s.filter and s.filter[0] in ds.column_names:
+    if s.filter:
         column, value = s.filter
+        if column not in ds.column_names:
+            raise ValueError(f"{name}: no column {column!r} to keep the rows of its {value!r} split (the data set "
+                             f"has {', '.join(ds.column_names)}); {s.source}")
         ds = ds.filter(lambda v: v == value, input_columns=[column])
     ds = _rename(ds, s.image_column, "image")
     captions, owner = [], []
@@ -215,11 +317,9 @@ def load_retrieval(name: str, root: str | os.PathLike | None = None) -> Retrieva
 
 
 def _rename(ds, column: str, to: str):
-    if column == to:
-        return ds
     if column not in ds.column_names:
         raise ValueError(f"the data set has no column {column!r} (it has {', '.join(ds.column_names)})")
-    return ds.rename_column(column, to)
+    return ds if column == to else ds.rename_column(column, to)
 
 
 def _fingerprint(root: Path) -> str:

@@ -48,16 +48,23 @@ def read(split: str, root: Path = FASHION_MNIST_DIR) -> ImageData:
 
 
 def _from_hub(split: str, root: Path) -> ImageData:
-    import datasets
+    """The hub copy, through the catalog (its files, the Debian README's class names)."""
+    from . import catalog
 
     try:
-        ds = datasets.load_dataset("zalando-datasets/fashion_mnist", split=split)
-    except Exception as e:
+        data = catalog.load("fashion_mnist", split)
+    except FileNotFoundError as e:
         raise FileNotFoundError(
-            f"Fashion-MNIST is not in {root} and the hub copy could not be loaded ({type(e).__name__}). "
+            f"Fashion-MNIST is not in {root} and the hub copy could not be loaded ({e}). "
             "Install the Debian package: apt-get install dataset-fashion-mnist"
         ) from e
-    return ImageData("fashion_mnist", split, ds, ds.features["label"].names, ds._fingerprint)
+    return data
+
+
+def same_names(published: list[str]) -> bool:
+    """True when class names as a source publishes them are Fashion-MNIST's, spacing aside: the hub's
+    "T - shirt / top" is the README's "T-shirt/top"."""
+    return [n.replace(" ", "") for n in published] == [n.replace(" ", "") for n in FASHION_MNIST_CLASSES]
 
 
 @functools.cache

@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from .. import data, models
 from ..convert.open_clip import to_open_clip
-from ..data import catalog
+from ..data import catalog, datacomp
 from ..data.images import GrayscaleTransform, balanced_subset
 from ..infra.suite import Context, Table
+from ..methods import task_metrics
 from ..methods.classifier import classification_metrics, retrieval_recall, zero_shot_classifier
 from ..methods.clip_runs import attributes, caption, raw, tokenizer, trained_clip
 from ..methods.features import extract, extraction_options, weights_hash
@@ -90,6 +92,7 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
     for label, temps in (("held-out", held_out), ("training", spec["templates"])):
         classifiers[label] = zero_shot_classifier(model, tok, names, temps, device=ctx.device)
         m = classification_metrics(image_features, classifiers[label].cpu(), feats.labels)
+        m.pop("ranked")
         preds[label] = m.pop("predictions")
         rows.append({"model": spec["id"], "library": "reference", "task": "classification",
                      "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m, **common})
@@ -129,6 +132,7 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
                          config, ctx, "test (open_clip)")
     m = classification_metrics(torch.from_numpy(oc_feats.features), clf_oc.cpu(), oc_feats.labels)
     pred = m.pop("predictions")
+    m.pop("ranked")
     rows.append({"model": spec["id"], "library": "open_clip", "task": "classification",
                  "templates": f"held-out ({len(held_out)})", "images": len(oc_feats.labels), **m, **common,
                  "classifier_max_abs_diff": (clf_ref - clf_oc).abs().max().item(),
@@ -141,7 +145,7 @@ def zero_shot_sets(config: dict) -> list[data.DataSpec]:
     templates their own, from files, or the catalog's), or else the default profile's own data set with its class
     names and held-out templates."""
     if config.get("datasets"):
-        return [data.parse(d) for d in config["datasets"]]
+        return data.expand(config["datasets"])
     d = config["data"]
     return [data.parse({"name": d["name"], "classnames": list(config["classnames"]),
                         "templates": list(config["templates"]), "test_per_class": d.get("test_per_class")})]
@@ -159,23 +163,31 @@ def _eval_pretrained(spec: models.ModelSpec, config: dict, ctx: Context) -> list
     sets = zero_shot_sets(config)
     for ds in sets:
         entry = catalog.CATALOG.get(ds.name)
+        dc = datacomp.task(ds.path) if ds.source == "datacomp" else None
         # a spec's own published_top1 (ImageNet's, or its one data set's) wins: a local weight file names no tag
         own = "published_top1" in spec.extra and (len(sets) == 1 or ds.name == "imagenet")
-        published = spec.extra["published_top1"] if own else \
-            (entry.published.get(f"{spec.name}/{spec.weights}") if entry else None)
-        common = {"model": spec.id, "weights": spec.weights, "dataset": ds.name,
-                  **({"published_top1": published, "published_source": config.get("published_source",
-                                                                                   catalog.OPENAI_SOURCE)}
-                     if published is not None else {})}
-        if data.task(ds) == "retrieval":
-            rows += _retrieval_rows(encoders, tok, ds, config, ctx, common)
+        tag = f"{spec.name}/{spec.weights}"
+        if dc:
+            value = datacomp.PUBLISHED.get(tag, {}).get(dc.name)
+            published = None if value is None else 100.0 * value
         else:
-            rows += _classification_rows(encoders, encoder, tok, ds, config, ctx, common)
+            published = spec.extra["published_top1"] if own else (entry.published.get(tag) if entry else None)
+        source = datacomp.PUBLISHED_SOURCE if dc else config.get("published_source", catalog.OPENAI_SOURCE)
+        common = {"model": spec.id, "weights": spec.weights, "dataset": ds.name,
+                  **({"datacomp_task": dc.name, "datacomp_metric": dc.metric} if dc else {}),
+                  **({"published_top1": published, "published_source": source} if published is not None else {})}
+        kind = data.task(ds)
+        if kind == "retrieval":
+            rows += _retrieval_rows(encoders, tok, ds, config, ctx, common)
+        elif kind == "winogavil":
+            rows += _winogavil_rows(encoders, tok, ds, config, ctx, common)
+        else:
+            rows += _classification_rows(encoders, encoder, tok, ds, config, ctx, common, dc)
     return rows
 
 
 def _classification_rows(encoders, encoder, tok, ds: data.DataSpec, config: dict, ctx: Context,
-                         common: dict) -> list[dict]:
+                         common: dict, dc: datacomp.Task | None = None) -> list[dict]:
     import open_clip
 
     test = data.load(ds, "test")
@@ -192,6 +204,12 @@ def _classification_rows(encoders, encoder, tok, ds: data.DataSpec, config: dict
         feats = _features(enc.encode_image, test, enc.transform, idx, enc.id, enc.weights, config, ctx, enc.id)
         m = classification_metrics(torch.from_numpy(feats.features), clf.cpu(), feats.labels)
         preds.append(m.pop("predictions"))
+        ranked = m.pop("ranked")
+        if dc:  # the task's main metric, as DataComp computes it (harness.methods.task_metrics)
+            meta = np.asarray(test.dataset.select_columns(["metadata"])[feats.indices]["metadata"]) if dc.group \
+                else None
+            m["main_metric"] = 100.0 * task_metrics.main_metric(dc.metric, ranked, feats.labels, meta,
+                                                                dc.group[0] if dc.group else None)
         classifiers.append(clf)
         rows.append({**common, "library": enc.library, "task": "classification",
                      "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m,
@@ -221,10 +239,40 @@ def _retrieval_rows(encoders, tok, ds: dict, config: dict, ctx: Context, common:
         captions = [j for j, owner in enumerate(r.caption_image) if owner in kept]
         owners = np.array([kept[r.caption_image[j]] for j in captions])
         rec = retrieval_recall(torch.from_numpy(feats.features), text[captions], owners, RECALL_KS)
+        # open_clip's table and DataComp report the mean of the two directions' recall@1 (retr_eval.py)
+        rec["mean_R@1"] = (rec["image_to_text_R@1"] + rec["text_to_image_R@1"]) / 2
+        if "datacomp_metric" in common:
+            rec["main_metric"] = rec["mean_R@1"]
         rows.append({**common, "library": enc.library, "task": "retrieval", "templates": "",
                      "images": len(feats.labels), "captions": len(captions), **rec,
                      **{f"chance_R@{k}": 100.0 * k / max(len(feats.labels), 1) for k in RECALL_KS},
                      "skipped_images": len(feats.skipped), "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def _winogavil_rows(encoders, tok, ds: data.DataSpec, config: dict, ctx: Context, common: dict) -> list[dict]:
+    """WinoGAViL as DataComp scores it (eval_utils/wino_eval.py): for each cue, the candidate images most similar
+    to "A(n) <cue>" — as many as it has associations — against those associations, by Jaccard index."""
+    wino = datacomp.load_winogavil(ds.root)
+    rows = []
+    for enc in encoders:
+        t0 = time.perf_counter()
+        scores, sizes = [], []
+        for ex in tqdm(wino, desc=f"WinoGAViL {enc.id}", leave=False):
+            cue = ex["cue"].lower()
+            prompt = ("An " if cue[:1] in "aeiou" and cue else "A ") + cue
+            images = torch.stack([enc.transform(im.convert("RGB")) for im in ex["candidate_images"]])
+            with torch.no_grad():
+                img = torch.nn.functional.normalize(enc.encode_image(images.to(ctx.device)).float(), dim=-1)
+                txt = torch.nn.functional.normalize(enc.encode_text(tok([prompt]).to(ctx.device)).float(), dim=-1)
+            similarity = (txt @ img.T).squeeze(0).cpu().numpy()
+            truth = np.isin(ex["candidates"], ex["associations"])
+            scores.append(task_metrics.winogavil_instance(similarity, truth))
+            sizes.append(len(images))
+        value = 100.0 * task_metrics.jaccard_10_12(scores, sizes)
+        rows.append({**common, "library": enc.library, "task": "winogavil", "templates": "", "images": len(scores),
+                     "jaccard_all": 100.0 * float(np.mean(scores)) if scores else float("nan"),
+                     "main_metric": value, "seconds": time.perf_counter() - t0})
     return rows
 
 
@@ -251,20 +299,62 @@ def stages(read) -> list[tuple[str, float]]:
              float(u["unit_seconds"])) for _, u in units.iterrows()]
 
 
+def datacomp_means(df: pd.DataFrame) -> pd.DataFrame:
+    """DataComp's aggregates (aggregate_scores.py) per model and library over the DataComp tasks it was
+    evaluated on: ImageNet, the group means and the unweighted average of the main metrics — each only when
+    every task it needs is there (the average: all 38) — beside open_clip's published average."""
+    if "datacomp_task" not in df or df["datacomp_task"].isna().all():
+        return df.iloc[:0]
+    out = []
+    tasks = df[df["datacomp_task"].notna()]
+    for (model, library), g in tasks.groupby(["model", "library"], sort=False):
+        scores = dict(zip(g["datacomp_task"], g["main_metric"] / 100.0))
+        agg = task_metrics.aggregate(scores, datacomp.GROUPS, len(datacomp.TASKS))
+        weights = g["weights"].iloc[0] if "weights" in g else None
+        published = datacomp.PUBLISHED.get(f"{model}/{weights}", {})
+        if published:  # the groups from the published per-task numbers; the average is the table's own
+            published = {**task_metrics.aggregate({k: v for k, v in published.items() if k != "Average"},
+                                                  datacomp.GROUPS, len(datacomp.TASKS)),
+                         "Average": published["Average"]}
+        for name, value in agg.items():
+            needs = len(datacomp.TASKS) if name == "Average" else len(datacomp.GROUPS.get(name, ("ImageNet 1k",)))
+            row = {"model": model, "library": library, "weights": weights, "task": "DataComp aggregate",
+                   "dataset": f"datacomp: {name}", "main_metric": 100.0 * value, "datasets": len(scores),
+                   "datacomp_metric": f"mean of {needs} task(s)" if name != "ImageNet" else "acc1"}
+            ref = published.get(name)
+            if ref is not None:
+                row.update({"published_top1": 100.0 * ref, "published_metric": "main_metric",
+                            "published_source": datacomp.PUBLISHED_SOURCE,
+                            "diff_vs_published": 100.0 * (value - ref)})
+            out.append(row)
+    return pd.DataFrame(out)
+
+
 def tables(rows: list[dict], config: dict) -> list[Table]:
     df = pd.DataFrame(rows)
     if "published_top1" in df:
-        df["diff_vs_published"] = df["top1"] - df["published_top1"]
-    df = pd.concat([df, catalog.dataset_means(df)], ignore_index=True)
+        # what the published number measures: a DataComp task's main metric, the mean recall@1 of a retrieval
+        # set (open_clip's table), else top-1
+        measure = pd.Series("top1", index=df.index)
+        if "mean_R@1" in df:
+            measure[df["mean_R@1"].notna()] = "mean_R@1"
+        if "datacomp_metric" in df:
+            measure[df["datacomp_metric"].notna()] = "main_metric"
+        df["published_metric"] = [(m if m != "main_metric" else dm) if p == p else float("nan") for m, dm, p in
+                                  zip(measure, df.get("datacomp_metric", measure), df["published_top1"])]
+        df["diff_vs_published"] = [df.at[i, m] - p if p == p and m in df else float("nan")
+                                   for i, m, p in zip(df.index, measure, df["published_top1"])]
+    df = pd.concat([df, catalog.dataset_means(df[df.get("datacomp_task", pd.Series(index=df.index)).isna()]),
+                    datacomp_means(df)], ignore_index=True)
     for c in ("images", "captions", "distinct_captions", "train_images", "probe_train_images", "steps", "params",
               "skipped_images", "datasets"):
         if c in df:  # counts stay integers in the tables although other rows leave them empty
             df[c] = pd.Series([int(v) if v == v else float("nan") for v in df[c]], index=df.index, dtype=object)
     recall = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in RECALL_KS]
     cols = ["model", "library", "weights", "dataset", "task", "templates", "images", "top1", "top5",
-            "mean_per_class_recall", *recall, "chance_R@1", "distinct_captions", "temperature",
-            "classifier_max_abs_diff", "prediction_agreement", "published_top1", "diff_vs_published", "datasets",
-            "final_loss", "train_seconds"]
+            "mean_per_class_recall", *recall, "mean_R@1", "chance_R@1", "datacomp_metric", "main_metric",
+            "jaccard_all", "distinct_captions", "temperature", "classifier_max_abs_diff", "prediction_agreement",
+            "published_top1", "published_metric", "diff_vs_published", "datasets", "final_loss", "train_seconds"]
     if any(_own(models.parse(m), config) for m in config["models"]):
         t = config["train"]
         notes = (
