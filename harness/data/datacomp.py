@@ -31,6 +31,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import texts
 from .catalog import CatalogEntry
 from .images import ImageData
 
@@ -243,7 +244,8 @@ def load(key: str, root: str | os.PathLike | None = None) -> ImageData:
     if top >= len(names):
         raise ValueError(f"{key}: label {top} in the shards, but classnames.txt names {len(names)} classes")
     ds = ds.cast_column("label", datasets.ClassLabel(names=[f"{i}" for i in range(len(names))]))
-    return ImageData(f"datacomp:{key}", "test", ds, names, fingerprint, templates)
+    # the files' templates say "{c}" (CLIP_benchmark's): read as "{}" like every other template source
+    return ImageData(f"datacomp:{key}", "test", ds, names, fingerprint, texts.templates(templates, key))
 
 
 # ------------------------------------------------------------------------------------ nlphuji's hub sets
