@@ -14,9 +14,11 @@ import pandas as pd
 import torch
 
 from .. import data
+from ..infra import predictions
 from ..infra.suite import ConfigError, Context, Table
+from ..methods import paired
 from ..methods.scale_runs import architecture, build_architecture, load_subset, steps_for, trained
-from ..methods.train import accuracy, flops_per_image
+from ..methods.train import flops_per_image, predict
 
 CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are faster (run --processes)
 
@@ -52,18 +54,20 @@ def _classes_count(config: dict) -> int:
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     arch_id, per_class, seed = unit.split(":")
     per_class, seed = int(per_class), int(seed)
-    idx, x, _, (x_test, y_test), train_total = load_subset(config, per_class)
+    idx, x, _, (x_test, y_test, test_rows), train_total = load_subset(config, per_class)
     model, stats, path = trained(unit, config, ctx.device, ctx.cache_dir)
-    acc = accuracy(model, x_test.to(ctx.device), y_test.to(ctx.device))
+    logits = predict(model, x_test.to(ctx.device))
+    acc = 100.0 * int((logits.argmax(-1).cpu() == y_test).sum()) / len(y_test)
+    ranked, margin = predictions.margins(logits.cpu().double().numpy())
     steps = steps_for(len(idx), config)
-    return [{
+    return [predictions.attach({
         "architecture": arch_id, "kind": architecture(config, arch_id)["kind"], "train_images": len(idx),
         "per_class": per_class, "fraction": len(idx) / train_total, "seed": seed, "test_accuracy": acc,
         "test_images": len(y_test), "params": sum(p.numel() for p in model.parameters()),
         "flops_per_image": flops_per_image(model, tuple(x.shape[1:])),
         "steps": steps, "epochs": steps * config["recipe"]["batch_size"] / len(idx), **stats,
         "checkpoint": str(path),
-    }]
+    }, test_rows, y_test.numpy(), ranked, margin)]
 
 
 def _t975(n: int) -> float:
@@ -85,6 +89,27 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
                      "steps": g["steps"].iloc[0], "epochs": g["epochs"].iloc[0],
                      "train_seconds_mean": g["train_seconds"].mean()})
     return pd.DataFrame(rows).sort_values(["architecture", "train_images"]).reset_index(drop=True)
+
+
+def pairs(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Each pair of architectures at each training-set size: the accuracy difference seed by seed (both trained
+    on the same nested subset with the same seed), its mean and 95% Student-t interval over the seeds
+    (harness.methods.paired.paired_t), and how many of the paired seeds the first architecture won."""
+    archs = [a for a in order if a in set(runs.architecture)] + sorted(set(runs.architecture) - set(order))
+    out = []
+    for i, a in enumerate(archs):
+        for b in archs[i + 1:]:
+            for n, g in runs[runs.architecture.isin([a, b])].groupby("train_images"):
+                acc = g.pivot_table(index="seed", columns="architecture", values="test_accuracy").dropna()
+                if a not in acc or b not in acc or acc.empty:
+                    continue
+                d = (acc[a] - acc[b]).to_numpy()
+                mean, lo, hi = paired.paired_t(d)
+                out.append({"architecture_a": a, "architecture_b": b, "train_images": n, "seeds": len(d),
+                            "diff_mean": mean, "diff_ci95_low": lo, "diff_ci95_high": hi,
+                            "a_wins": int((d > 0).sum()), "verdict": "a ahead" if lo > 0 else "b ahead" if hi < 0
+                            else "within noise" if lo == lo else "one seed"})
+    return pd.DataFrame(out)
 
 
 def finding(s: pd.DataFrame, vit: str, cnn: str, hybrid: str | None = None) -> str:
@@ -179,6 +204,17 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
               ["architecture", "train_images", "seeds", "accuracy_mean", "ci95_low", "ci95_high", "params",
                "flops_per_image", "steps", "epochs", "train_seconds_mean"],
               notes + "\n\n![accuracy against training-set size](data_scale.png)", plot=plot),
+        Table("data_scale_pairs", pairs(runs, list(config["compare"])),
+              "Data-scale suite: architecture pairs, paired over seeds",
+              "each pair of architectures at each size: accuracy difference paired seed by seed, 95% t interval",
+              ["architecture_a", "architecture_b", "train_images", "seeds", "diff_mean", "diff_ci95_low",
+               "diff_ci95_high", "a_wins", "verdict"],
+              "`diff_mean`: accuracy of architecture_a minus architecture_b (points), averaged over the seeds; "
+              "each seed's two runs share the nested training subset and the test images, so the difference is "
+              "taken seed by seed and its 95% interval is Student's t over those paired differences (narrower "
+              "than two independent intervals when the seeds move both runs alike). `verdict`: which is ahead "
+              "when the interval excludes 0. Per-image predictions of every run are in data_scale_runs' "
+              "`predictions` column (python -m harness diff compares two runs image by image)."),
         Table("data_scale_runs", runs, "Data-scale suite: every training run",
               "every (architecture, size, seed) run of the data-scale suite, with its checkpoint",
               ["architecture", "train_images", "seed", "test_accuracy", "final_loss", "epochs", "train_seconds"]),

@@ -14,7 +14,9 @@ import pandas as pd
 from .. import data, models
 from ..data.catalog import dataset_means
 from ..data.images import balanced_subset
+from ..infra import predictions
 from ..infra.suite import ConfigError, Context, Table
+from ..methods import paired
 from ..methods.features import extract, extraction_options
 from ..methods.probe import linear_probe, sklearn_probe
 from ..models import Model
@@ -89,7 +91,8 @@ def _probe(encoder: Model, config: dict, ctx: Context, datasets, check_sklearn: 
     if check_sklearn:
         sk_top1, _ = sklearn_probe(ftr.features, ftr.labels, fte.features, fte.labels, res.strength)
         row.update(sklearn_top1=sk_top1, sklearn_diff=res.top1 - sk_top1, sklearn_seconds=time.perf_counter() - t2)
-    return row, res.predictions, (ftr.features, fte.features)
+    predictions.attach(row, fte.indices, fte.labels, res.ranked, res.margin)
+    return row, res.predictions, (ftr.features, fte.features, fte.labels)
 
 
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
@@ -107,9 +110,13 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
             # the reference's features equal the library's to round-off: the scikit-learn check is not run again
             ref_row, ref_pred, ref_feats = _probe(models.reference(encoder), config, ctx, datasets,
                                                   check_sklearn=False)
-            ref_row["prediction_agreement"] = float((ref_pred == pred).mean())
+            # the reference against the library model it was converted from, image by image
+            labels = feats[2]
+            ref_row.update(prediction_agreement=float((ref_pred == pred).mean()),
+                           predictions_differ=int((ref_pred != pred).sum()),
+                           mcnemar_p=paired.mcnemar(pred == labels, ref_pred == labels)["mcnemar_p"])
             ref_row["feature_max_rel_diff"] = max(float(np.abs(r - f).max() / np.abs(f).max())
-                                                  for r, f in zip(ref_feats, feats))
+                                                  for r, f in zip(ref_feats[:2], feats[:2]))
             rows.append({**ref_row, "weights": weights, **published})
     return rows
 
@@ -132,8 +139,8 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     df = pd.concat([df, dataset_means(df.assign(task="classification"))], ignore_index=True)
     cols = ["model", "library", "weights", "dataset", "train_images", "test_images", "top1", "top1_ci_low",
             "top1_ci_high", "top5", "mean_per_class_recall", "strength", "sklearn_top1", "sklearn_diff",
-            "prediction_agreement", "feature_max_rel_diff", "published_top1", "diff_vs_published", "published_source",
-            "skipped_images", "extract_seconds", "probe_seconds"]
+            "prediction_agreement", "predictions_differ", "mcnemar_p", "feature_max_rel_diff", "published_top1",
+            "diff_vs_published", "published_source", "skipped_images", "extract_seconds", "probe_seconds"]
     names = ", ".join(data.parse(d).name for d in config["datasets"])
     notes = (f"Linear probe (CLIP paper protocol: L2-regularised logistic regression, L-BFGS, λ chosen on a "
              f"{config.get('val_fraction', 0.1):.0%} validation split of train) on frozen features of "
@@ -143,7 +150,9 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
              "feature sets (equal to round-off: `feature_max_rel_diff`, the largest difference over the largest "
              "feature) lead the probe to the same strength and the same optimum (the final fit converges in "
              "float64 from zero), and an image could differ only where it lies on a decision boundary to within that "
-             "round-off — on another CPU or thread count too. The scikit-learn check runs on the library's "
+             "round-off — on another CPU or thread count too; `predictions_differ` counts those images and "
+             "`mcnemar_p` is McNemar's exact test on the two models' correctness (1 when none differ). Each row's "
+             "per-image predictions are in its `predictions` file. The scikit-learn check runs on the library's "
              "features only. "
              + config.get("notes", ""))
     return [Table("linear_probe", df, f"Linear probe on {names}",

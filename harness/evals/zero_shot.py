@@ -23,9 +23,10 @@ from .. import data, models
 from ..convert.open_clip import to_open_clip
 from ..data import catalog, datacomp
 from ..data.images import GrayscaleTransform, balanced_subset
+from ..infra import predictions
 from ..infra.suite import Context, Table
-from ..methods import task_metrics
-from ..methods.classifier import classification_metrics, retrieval_recall, zero_shot_classifier
+from ..methods import paired, task_metrics
+from ..methods.classifier import OUTPUTS, classification_metrics, retrieval_recall, zero_shot_classifier
 from ..methods.clip_runs import attributes, caption, raw, tokenizer, trained_clip
 from ..methods.features import extract, extraction_options, weights_hash
 from ..methods.probe import linear_probe
@@ -92,10 +93,12 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
     for label, temps in (("held-out", held_out), ("training", spec["templates"])):
         classifiers[label] = zero_shot_classifier(model, tok, names, temps, device=ctx.device)
         m = classification_metrics(image_features, classifiers[label].cpu(), feats.labels)
-        m.pop("ranked")
-        preds[label] = m.pop("predictions")
-        rows.append({"model": spec["id"], "library": "reference", "task": "classification",
-                     "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m, **common})
+        out = {k: m.pop(k) for k in OUTPUTS}
+        preds[label] = out["predictions"]
+        rows.append(predictions.attach(
+            {"model": spec["id"], "library": "reference", "task": "classification",
+             "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m, **common},
+            feats.indices, feats.labels, out["ranked"], out["margin"]))
 
     # the linear probe on the same image tower (its embeddings), beside zero-shot
     probe_idx = balanced_subset(train_set.labels, config["probe"]["train_per_class"], seed=0)
@@ -103,10 +106,11 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
                     "probe train")
     res = linear_probe(ftr.features, ftr.labels, feats.features, feats.labels, num_classes=len(names),
                        seed=ctx.seed, device=ctx.device, val_fraction=config["probe"]["val_fraction"])
-    rows.append({"model": spec["id"], "library": "reference", "task": "linear probe", "templates": "",
-                 "images": len(feats.labels), "top1": res.top1, "top5": res.top5,
-                 "mean_per_class_recall": res.mean_per_class_recall, "probe_train_images": len(ftr.labels),
-                 **common})
+    rows.append(predictions.attach(
+        {"model": spec["id"], "library": "reference", "task": "linear probe", "templates": "",
+         "images": len(feats.labels), "top1": res.top1, "top5": res.top5,
+         "mean_per_class_recall": res.mean_per_class_recall, "probe_train_images": len(ftr.labels), **common},
+        feats.indices, feats.labels, res.ranked, res.margin))
 
     # retrieval: the first retrieval_per_class test images of each class, one held-out-template caption each
     r_idx = balanced_subset(test.labels, d["retrieval_per_class"], seed=0)
@@ -131,13 +135,21 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
     oc_feats = _features(oc.encode_image, test, transform, test_idx, f"{spec['id']} (open_clip)", weights,
                          config, ctx, "test (open_clip)")
     m = classification_metrics(torch.from_numpy(oc_feats.features), clf_oc.cpu(), oc_feats.labels)
-    pred = m.pop("predictions")
-    m.pop("ranked")
-    rows.append({"model": spec["id"], "library": "open_clip", "task": "classification",
-                 "templates": f"held-out ({len(held_out)})", "images": len(oc_feats.labels), **m, **common,
-                 "classifier_max_abs_diff": (clf_ref - clf_oc).abs().max().item(),
-                 "prediction_agreement": float((pred == preds["held-out"]).mean())})
+    out = {k: m.pop(k) for k in OUTPUTS}
+    rows.append(predictions.attach(
+        {"model": spec["id"], "library": "open_clip", "task": "classification",
+         "templates": f"held-out ({len(held_out)})", "images": len(oc_feats.labels), **m, **common,
+         "classifier_max_abs_diff": (clf_ref - clf_oc).abs().max().item(),
+         **_agreement(preds["held-out"], out["predictions"], feats.labels)},
+        oc_feats.indices, oc_feats.labels, out["ranked"], out["margin"]))
     return rows
+
+
+def _agreement(ref: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
+    """Two models' predictions on the same images: the fraction that agree, how many differ, and McNemar's exact
+    p on their correctness (harness.methods.paired): "identical predictions" as a measured count."""
+    return {"prediction_agreement": float((ref == other).mean()), "predictions_differ": int((ref != other).sum()),
+            "mcnemar_p": paired.mcnemar(ref == labels, other == labels)["mcnemar_p"]}
 
 
 def zero_shot_sets(config: dict) -> list[data.DataSpec]:
@@ -203,17 +215,20 @@ def _classification_rows(encoders, encoder, tok, ds: data.DataSpec, config: dict
         clf = zero_shot_classifier(enc.module, tok, names, temps, device=ctx.device)
         feats = _features(enc.encode_image, test, enc.transform, idx, enc.id, enc.weights, config, ctx, enc.id)
         m = classification_metrics(torch.from_numpy(feats.features), clf.cpu(), feats.labels)
-        preds.append(m.pop("predictions"))
-        ranked = m.pop("ranked")
+        out = {k: m.pop(k) for k in OUTPUTS}
+        preds.append(out["predictions"])
+        ranked = out["ranked"]
         if dc:  # the task's main metric, as DataComp computes it (harness.methods.task_metrics)
             meta = np.asarray(test.dataset.select_columns(["metadata"])[feats.indices]["metadata"]) if dc.group \
                 else None
             m["main_metric"] = 100.0 * task_metrics.main_metric(dc.metric, ranked, feats.labels, meta,
                                                                 dc.group[0] if dc.group else None)
         classifiers.append(clf)
-        rows.append({**common, "library": enc.library, "task": "classification",
-                     "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m,
-                     "skipped_images": len(feats.skipped), "seconds": time.perf_counter() - t0})
+        rows.append(predictions.attach(
+            {**common, "library": enc.library, "task": "classification", "templates": f"{label} ({len(temps)})",
+             "images": len(feats.labels), **m, "skipped_images": len(feats.skipped),
+             "seconds": time.perf_counter() - t0}, feats.indices, feats.labels, ranked, out["margin"]))
+        labels = feats.labels
     # harness.zero_shot_classifier against open_clip's own builder, on the model's own text tower (it takes one
     # list of templates for every class)
     if not isinstance(temps, dict):
@@ -221,7 +236,7 @@ def _classification_rows(encoders, encoder, tok, ds: data.DataSpec, config: dict
             encoder.module, tok, names, temps, device=ctx.device)).abs().max().item()
     if len(rows) == 2:  # the reference twin against the model it was converted from
         rows[1]["classifier_max_abs_diff"] = (classifiers[1] - classifiers[0]).abs().max().item()
-        rows[1]["prediction_agreement"] = float((preds[1] == preds[0]).mean())
+        rows[1].update(_agreement(preds[0], preds[1], labels))
     return rows
 
 
@@ -354,7 +369,8 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     cols = ["model", "library", "weights", "dataset", "task", "templates", "images", "top1", "top5",
             "mean_per_class_recall", *recall, "mean_R@1", "chance_R@1", "datacomp_metric", "main_metric",
             "jaccard_all", "distinct_captions", "temperature", "classifier_max_abs_diff", "prediction_agreement",
-            "published_top1", "published_metric", "diff_vs_published", "datasets", "final_loss", "train_seconds"]
+            "predictions_differ", "mcnemar_p", "published_top1", "published_metric", "diff_vs_published", "datasets",
+            "final_loss", "train_seconds"]
     if any(_own(models.parse(m), config) for m in config["models"]):
         t = config["train"]
         notes = (
@@ -373,7 +389,8 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
             "`linear probe`: harness.linear_probe on the same image tower's embeddings. `open_clip` row: the "
             "same weights in an open_clip CLIP; classifier_max_abs_diff compares open_clip's "
             "build_zero_shot_classifier with harness.zero_shot_classifier, prediction_agreement the predicted "
-            "class image by image. The full profile measures pretrained open_clip weights on ImageNet "
+            "class image by image (predictions_differ: how many differ; mcnemar_p: McNemar's exact test on the "
+            "two models' correctness). The full profile measures pretrained open_clip weights on ImageNet "
             "validation with open_clip's 1,000 class names and OpenAI's 80 templates, beside open_clip's "
             "published top-1.")
     else:

@@ -209,6 +209,12 @@ def write_index(out_dir: Path, entries: dict[str, str]) -> Path:
              "versions, device, dtype, seed and config hash.", "",
              "| table | what it holds |", "|---|---|"]
     lines += [f"| [{k}]({k}.md) ([csv]({k}.csv)) | {v} |" for k, v in sorted(known.items())]
+    files = sorted((out_dir / "predictions").rglob("*.parquet"))
+    if files:  # harness.infra.predictions: each classification row's per-image predictions
+        lines += ["", f"Per-image predictions: [predictions/](predictions/), {len(files)} parquet files, "
+                      f"{sum(p.stat().st_size for p in files) / 1e6:.2f} MB, one per classification row (named in "
+                      "its table's `predictions` column): image index, label, top-5 classes, score margin. "
+                      "`python -m harness diff A B` compares two result folders image by image."]
     lines += ["", *GUARANTEES]
     path = out_dir / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

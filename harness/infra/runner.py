@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import cache, distributed, results
+from . import cache, distributed, predictions, results
 from .suite import (  # noqa: F401  (re-exported: the runner is where a run's protocol is read)
     DEFAULT_CACHE,
     SUITES_DIR,
@@ -253,6 +253,8 @@ def _write(prepared: Prepared, ctx: Context, out_dir: Path, rows: list[dict], do
 
     prov = results.provenance(config, ctx.device, ctx.seed)
     prov.update(suite=suite.NAME, suite_version=suite.VERSION, profile=profile)
+    # each classification row's per-image predictions to results/predictions/<suite>/ (harness.infra.predictions)
+    rows = predictions.write(rows, out_dir, suite.NAME)
     tables = evaluator.tables(rows, config)
     written, index = [], {}
     # one run writes a suite's tables and the index at a time: two runs sharing results/ never interleave them

@@ -26,6 +26,8 @@ class ProbeResult:
     strength: float  # the chosen λ
     top1_ci: tuple[float, float]  # bootstrap 95% interval of top1
     predictions: np.ndarray  # test predictions, for image-by-image comparisons
+    ranked: np.ndarray | None = None  # (N, ≤5) classes by test logit, best first
+    margin: np.ndarray | None = None  # (N,) best logit − second best
     sweep: dict[float, float] = field(default_factory=dict)  # λ -> validation top-1
     iterations: int = 0
 
@@ -193,12 +195,14 @@ def linear_probe(
     logits = t(test_x, torch.float64) @ W + b
     y = t(test_y, torch.long)
     pred = logits.argmax(1)
+    best_values, ranked = logits.topk(min(5, num_classes), dim=1)
+    margin = (best_values[:, 0] - best_values[:, 1]) if num_classes > 1 else torch.zeros(len(pred))
     correct = (pred == y).cpu().numpy()
     top5 = (logits.topk(min(5, num_classes), dim=1).indices == y[:, None]).any(1).double().mean().item() * 100
     recalls = [correct[test_y == c].mean() for c in np.unique(test_y)]
     return ProbeResult(top1=float(correct.mean() * 100), top5=top5, mean_per_class_recall=float(np.mean(recalls) * 100),
                        strength=best, top1_ci=bootstrap_ci(correct, seed), predictions=pred.cpu().numpy(),
-                       sweep=sweep, iterations=iters)
+                       ranked=ranked.cpu().numpy(), margin=margin.cpu().numpy(), sweep=sweep, iterations=iters)
 
 
 def sklearn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,

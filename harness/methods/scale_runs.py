@@ -59,8 +59,8 @@ def _tensors(data: data_lib.ImageData, idx: np.ndarray, config: dict, classes):
 
 
 def load_subset(config: dict, per_class: int):
-    """(rows, training images and labels for per_class images per class, (test images, test labels), the training
-    set's size), decoded once per process for the largest size and sliced for the nested smaller ones."""
+    """(rows, training images and labels for per_class images per class, (test images, test labels, test rows),
+    the training set's size), decoded once per process for the largest size and sliced for the nested smaller ones."""
     d = config["data"]
     train_set, test_set = _datasets(config)
     classes = _classes(train_set, config)
@@ -70,10 +70,10 @@ def load_subset(config: dict, per_class: int):
         big = _subset(train_set, max(sizes(config)), d["subset_seed"], classes)
         test_idx = _subset(test_set, d["test_per_class"], 0, classes)
         _TENSORS[key] = (big, _tensors(train_set, big, config, classes), _tensors(test_set, test_idx, config, classes))
-    big, (x, y, rows), (x_test, y_test, _) = _TENSORS[key]
+    big, (x, y, rows), test = _TENSORS[key]
     idx = _subset(train_set, per_class, d["subset_seed"], classes)  # nested: inside `big`
     pos = np.flatnonzero(np.isin(rows, idx))  # rows is sorted, like idx
-    return rows[pos], x[pos], y[pos], (x_test, y_test), len(train_set)
+    return rows[pos], x[pos], y[pos], test, len(train_set)
 
 
 def sizes(config: dict) -> list[int]:

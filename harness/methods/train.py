@@ -124,12 +124,15 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The model's logits for every image, a batch at a time, in eval mode."""
     model.eval()
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        correct += (model(images[i: i + batch_size]).argmax(-1) == labels[i: i + batch_size]).sum().item()
-    return 100.0 * correct / len(images)
+    return torch.cat([model(images[i: i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    return 100.0 * int((predict(model, images, batch_size).argmax(-1) == labels).sum()) / len(images)
 
 
 def flops_per_image(model: nn.Module, shape: tuple[int, ...]) -> int:

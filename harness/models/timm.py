@@ -31,7 +31,9 @@ def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights {weights!r} are neither 'random', 'pretrained' nor an existing file")
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs).eval()
+    # the file joins any preprocessing overlay the declaration gives (data_cfg)
+    overlay = {**kwargs.pop("pretrained_cfg_overlay", {}), "file": str(path)}
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
 
 
 def transform(model: torch.nn.Module):

@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "python -m harness compare --help)", add_help=False)
     sub.add_parser("plan", help="measure rates here and write results/full_profile_plan.md (see --help)",
                    add_help=False)
+    sub.add_parser("diff", help="two runs compared image by image: accuracy difference, paired bootstrap interval, "
+                                "McNemar's test; --fail-if-worse for a CI gate (see --help)", add_help=False)
 
     gpu = sub.add_parser("gpu-check", help="the one-command GPU check: agreement in bfloat16/float16 with every "
                                            "SDPA backend, the benchmarks, the training suites' default profiles "
@@ -106,6 +108,10 @@ def _main(argv: list[str]) -> int:
         from . import plan
 
         return plan.main(argv[1:])
+    if argv[:1] == ["diff"]:
+        from . import diff
+
+        return diff.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "list":
         for name in runner.suite_names():
