@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..infra import predictions
+from ..infra import predictions, results
 from ..infra.results import write_table
 from ..infra.suite import ConfigError
 from ..methods import paired
@@ -127,6 +127,10 @@ def main(argv: list[str]) -> int:
     df = diff(args.a, args.b, args.alpha, args.reps, args.seed)
     if df.empty:
         raise ConfigError(f"{args.a} and {args.b} share no row with predictions")
+    # how the table was made: this code, these libraries, the command's settings
+    df = df.assign(**{k: v for k, v in results.provenance(
+        {"a": args.a, "b": args.b, "alpha": args.alpha, "reps": args.reps}, "cpu", args.seed).items()
+        if k not in ("device",)})
     cols = [c for c in ("suite", *LABEL_FIELDS, "images", "acc_a", "acc_b", "diff", "diff_ci_low", "diff_ci_high",
                         "only_a_correct", "only_b_correct", "mcnemar_p", "predictions_differ", "verdict",
                         "classes_moved", "refused") if c in df]
