@@ -218,3 +218,8 @@ def test_the_named_list_expands_to_the_38(tmp_path):
     assert all(s.root == str(tmp_path) for s in specs[1:])
     with pytest.raises(ConfigError, match="datacomp:KEY"):
         harness_data.parse("datacomp")
+    from harness.evals import linear_probe as lp_eval
+
+    for name in ("datacomp", "datacomp:cifar10"):  # test splits only: refused before any work, naming the suite
+        with pytest.raises(ConfigError, match="zero-shot evaluation .*run it in the zero_shot suite"):
+            lp_eval.validate({"datasets": [name], "models": []}, Context(device=torch.device("cpu")))

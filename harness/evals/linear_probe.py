@@ -38,6 +38,10 @@ def validate(config: dict, ctx: Context) -> None:
     """Every data set known and its local files in a recognised layout, with a train and a test split; every model
     known, with weights that fit it (harness.data, harness.models)."""
     for spec in config["datasets"]:
+        name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None
+        if name == "datacomp" or str(name).startswith("datacomp:"):
+            raise ConfigError(f"linear_probe: {name} is DataComp's zero-shot evaluation (test splits only, no "
+                              "training split to fit a probe on): run it in the zero_shot suite")
         if data.task(spec) != "classification":
             raise ConfigError(f"linear_probe: {data.parse(spec).name} is a retrieval data set (no class labels)")
         data.check(spec, ["train", "test"])
