@@ -97,7 +97,8 @@ TASKS: list[Task] = [
     Task("retrieval/mscoco_2014_5k_test_image_text_retrieval", "MSCOCO", "retrieval", "mean_recall@1"),
     Task("misc/winogavil", "WinoGAViL", "winogavil", "jaccard_score_10-12"),
     # wilds_eval.py: IWildCamEvaluator (F1, average="macro"), Camelyon17 (acc1), FMoWEvaluator (worst region,
-    # _metadata_fields ["region", "year", "y"])
+    # _metadata_fields ["region", "year", "y"]). FMoWEvaluator means to skip a region whose name holds "Other", but
+    # it sets no metadata map, so its group names read "region:k" and no region is skipped: followed as it runs.
     Task("wilds/iwildcam", "iWildCam", metric="F1-macro_all"),
     Task("wilds/camelyon17", "Camelyon17"),
     Task("wilds/fmow", "FMoW", metric="acc_worst_region", group=(0, "region")),

@@ -67,7 +67,7 @@ def winogavil_instance(similarity: np.ndarray, is_association: np.ndarray) -> fl
     truth = np.asarray(is_association, dtype=bool)
     k = int(truth.sum())
     chosen = np.zeros_like(truth)
-    if k:
+    if k:  # a stable sort: DataComp's np.argsort (quicksort) can differ from it only on exactly tied scores
         chosen[np.argsort(similarity, kind="stable")[-k:]] = True
     union = np.sum(truth | chosen)
     return float(np.sum(truth & chosen) / union) if union else 0.0
