@@ -26,12 +26,11 @@ repositories are loading scripts, which `datasets` 4 and later no longer run).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import texts
+from . import catalog, texts
 from .catalog import CatalogEntry
 from .images import ImageData
 
@@ -223,11 +222,7 @@ def load(key: str, root: str | os.PathLike | None = None) -> ImageData:
         ds = datasets.load_dataset("webdataset", data_files={"test": tars}, split="test")
         names = _lines((folder / "classnames.txt").read_text(encoding="utf-8"))
         templates = _lines((folder / "zeroshot_classification_templates.txt").read_text(encoding="utf-8"))
-        h = hashlib.sha256()
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                h.update(f"{p.relative_to(folder)}:{p.stat().st_size}".encode())
-        fingerprint = h.hexdigest()[:16]
+        fingerprint = catalog._fingerprint(folder)
     else:
         ds, names, templates = _hub_wds(t)
         fingerprint = ds._fingerprint
@@ -253,10 +248,8 @@ def load(key: str, root: str | os.PathLike | None = None) -> ImageData:
 def retrieval_entry(key: str) -> CatalogEntry:
     """Flickr30k and MSCOCO as DataComp evaluates them (eval_utils/retr_eval.py): every row of split "test"
     (Flickr30k: all of them, not only the Karpathy test rows), every caption of each image."""
-    from .catalog import CATALOG
-
     task(key)
-    base = CATALOG["flickr30k" if "flickr" in key else "mscoco"]
+    base = catalog.CATALOG["flickr30k" if "flickr" in key else "mscoco"]
     return CatalogEntry(f"datacomp:{key}", base.hub_id, base.splits, base.files, base.source, base.revision,
                         image_column=base.image_column, task="retrieval", captions_column=base.captions_column)
 
@@ -272,10 +265,7 @@ WINOGAVIL = CatalogEntry("datacomp:misc/winogavil", "nlphuji/winogavil", {"test"
 
 def load_winogavil(root: str | os.PathLike | None = None):
     """WinoGAViL's test split: a datasets.Dataset with candidate_images, cue, candidates, associations."""
-    from . import catalog
-
-    local = None if root is None else Path(root) / Task("misc/winogavil", "WinoGAViL", "winogavil").folder
-    ds, _ = catalog._hub_or_local(WINOGAVIL, "test", local)
+    ds, _ = catalog._hub_or_local(WINOGAVIL, "test", local_root("misc/winogavil", root))
     missing = [c for c in ("candidate_images", "cue", "candidates", "associations") if c not in ds.column_names]
     if missing:
         raise ValueError(f"WinoGAViL: no column {', '.join(missing)} (it has {', '.join(ds.column_names)}); "
@@ -284,5 +274,5 @@ def load_winogavil(root: str | os.PathLike | None = None):
 
 
 def local_root(key: str, root: str | os.PathLike | None) -> Path | None:
-    """Where a retrieval task's local copy is: root/<repository name>."""
+    """Where a retrieval or WinoGAViL task's local copy is: root/<repository name>."""
     return None if root is None else Path(root) / task(key).folder

@@ -37,10 +37,9 @@ def unit_cost(unit: str, config: dict) -> float:
 def validate(config: dict, ctx: Context) -> None:
     """Every data set known and its local files in a recognised layout, with a train and a test split; every model
     known, with weights that fit it (harness.data, harness.models)."""
-    for spec in config["datasets"]:
-        name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None
-        if name == "datacomp" or str(name).startswith("datacomp:"):
-            raise ConfigError(f"linear_probe: {name} is DataComp's zero-shot evaluation (test splits only, no "
+    for spec in data.expand(config["datasets"]):
+        if spec.source == "datacomp":
+            raise ConfigError(f"linear_probe: {spec.name} is DataComp's zero-shot evaluation (test splits only, no "
                               "training split to fit a probe on): run it in the zero_shot suite")
         if data.task(spec) != "classification":
             raise ConfigError(f"linear_probe: {data.parse(spec).name} is a retrieval data set (no class labels)")
@@ -116,9 +115,7 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
                                                   check_sklearn=False)
             # the reference against the library model it was converted from, image by image
             labels = feats[2]
-            ref_row.update(prediction_agreement=float((ref_pred == pred).mean()),
-                           predictions_differ=int((ref_pred != pred).sum()),
-                           mcnemar_p=paired.mcnemar(pred == labels, ref_pred == labels)["mcnemar_p"])
+            ref_row.update(paired.agreement(pred, ref_pred, labels))
             ref_row["feature_max_rel_diff"] = max(float(np.abs(r - f).max() / np.abs(f).max())
                                                   for r, f in zip(ref_feats[:2], feats[:2]))
             rows.append({**ref_row, "weights": weights, **published})

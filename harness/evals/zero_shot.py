@@ -140,16 +140,9 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
         {"model": spec["id"], "library": "open_clip", "task": "classification",
          "templates": f"held-out ({len(held_out)})", "images": len(oc_feats.labels), **m, **common,
          "classifier_max_abs_diff": (clf_ref - clf_oc).abs().max().item(),
-         **_agreement(preds["held-out"], out["predictions"], feats.labels)},
+         **paired.agreement(preds["held-out"], out["predictions"], feats.labels)},
         oc_feats.indices, oc_feats.labels, out["ranked"], out["margin"]))
     return rows
-
-
-def _agreement(ref: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
-    """Two models' predictions on the same images: the fraction that agree, how many differ, and McNemar's exact
-    p on their correctness (harness.methods.paired): "identical predictions" as a measured count."""
-    return {"prediction_agreement": float((ref == other).mean()), "predictions_differ": int((ref != other).sum()),
-            "mcnemar_p": paired.mcnemar(ref == labels, other == labels)["mcnemar_p"]}
 
 
 def zero_shot_sets(config: dict) -> list[data.DataSpec]:
@@ -236,7 +229,7 @@ def _classification_rows(encoders, encoder, tok, ds: data.DataSpec, config: dict
             encoder.module, tok, names, temps, device=ctx.device)).abs().max().item()
     if len(rows) == 2:  # the reference twin against the model it was converted from
         rows[1]["classifier_max_abs_diff"] = (classifiers[1] - classifiers[0]).abs().max().item()
-        rows[1].update(_agreement(preds[0], preds[1], labels))
+        rows[1].update(paired.agreement(preds[0], preds[1], labels))
     return rows
 
 

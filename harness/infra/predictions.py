@@ -75,11 +75,6 @@ def write(rows: list[dict], out_dir: Path, suite: str) -> list[dict]:
     return out
 
 
-def strip(rows: list[dict]) -> list[dict]:
-    """The rows without their predictions (for a table built outside the runner)."""
-    return [{k: v for k, v in r.items() if k != KEY} for r in rows]
-
-
 def read(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 

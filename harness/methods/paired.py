@@ -1,5 +1,6 @@
 """Paired comparisons of two evaluations on the same images: did a change move accuracy beyond noise?
 
+    agreement(ref, other, labels)          two models' predictions: how many agree, differ, and McNemar's p
     mcnemar(a_correct, b_correct)          discordant counts and McNemar's exact p: under "no difference" each of
                                            the n = n_ab + n_ba images that one run gets right and the other wrong
                                            is as likely either way, so n_ba ~ Binomial(n, 1/2) (scipy's binomtest,
@@ -25,6 +26,13 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
     n = only_a + only_b
     p = float(stats.binomtest(only_b, n, 0.5).pvalue) if n else 1.0
     return {"only_a_correct": only_a, "only_b_correct": only_b, "mcnemar_p": p}
+
+
+def agreement(ref: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
+    """Two models' top-1 predictions on the same images: the fraction that agree, how many differ, and McNemar's
+    exact p on their correctness ("identical predictions" as a measured count)."""
+    return {"prediction_agreement": float((ref == other).mean()), "predictions_differ": int((ref != other).sum()),
+            "mcnemar_p": mcnemar(ref == labels, other == labels)["mcnemar_p"]}
 
 
 def bootstrap_diff(a_correct: np.ndarray, b_correct: np.ndarray, reps: int = 2000, seed: int = 0,

@@ -198,7 +198,7 @@ def linear_probe(
     best_values, ranked = logits.topk(min(5, num_classes), dim=1)
     margin = (best_values[:, 0] - best_values[:, 1]) if num_classes > 1 else torch.zeros(len(pred))
     correct = (pred == y).cpu().numpy()
-    top5 = (logits.topk(min(5, num_classes), dim=1).indices == y[:, None]).any(1).double().mean().item() * 100
+    top5 = (ranked == y[:, None]).any(1).double().mean().item() * 100
     recalls = [correct[test_y == c].mean() for c in np.unique(test_y)]
     return ProbeResult(top1=float(correct.mean() * 100), top5=top5, mean_per_class_recall=float(np.mean(recalls) * 100),
                        strength=best, top1_ci=bootstrap_ci(correct, seed), predictions=pred.cpu().numpy(),

@@ -131,10 +131,6 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> t
     return torch.cat([model(images[i: i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    return 100.0 * int((predict(model, images, batch_size).argmax(-1) == labels).sum()) / len(images)
-
-
 def flops_per_image(model: nn.Module, shape: tuple[int, ...]) -> int:
     """Forward FLOPs for one image, counted by torch's FlopCounterMode (matmuls and convolutions)."""
     from torch.utils.flop_counter import FlopCounterMode
