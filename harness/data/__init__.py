@@ -18,7 +18,8 @@ what a suite reads of it (per-class subset sizes, ...), kept in `options`.
     data.load(spec, "train")      an ImageData: a datasets.Dataset with image and label columns, class names,
                                   zero-shot templates, a content fingerprint for cache keys
     data.load_retrieval(spec)     a RetrievalData: images and their captions
-    data.check(spec, roles)       before any work: a known name, a layout that is recognised
+    data.check(spec, roles)       before any work: a known name, a layout that is recognised (DataComp's tasks:
+                                  every file each one needs; data.check_all gathers the missing ones of many)
 
 A split is asked for by role, "train" or "test"; each source maps it to its own split (ImageNet's "validation",
 Food-101's "validation", an ImageFolder's val/ or test/).
@@ -123,9 +124,8 @@ def check(spec: str | dict | DataSpec, roles: list[str] = ("train", "test")) -> 
         folders.check_manifest(s.path, list(roles))
     elif s.name == "imagenet" and s.root:
         imagenet.check_folder(s.root, ["train" if r == "train" else "validation" for r in roles])
-    elif s.source == "datacomp" and s.root is not None and not os.path.isdir(s.root):
-        raise ConfigError(f"{s.name}: local copy {s.root} does not exist (expected the folder DataComp's "
-                          "download_evalsets.py fills)")
+    elif s.source == "datacomp":
+        datacomp.check([s.path], s.root)
     elif s.source == "catalog" and s.root is not None:
         entry = catalog.entry(s.name)
         for role in roles if entry.task == "classification" else ["test"]:
@@ -135,6 +135,18 @@ def check(spec: str | dict | DataSpec, roles: list[str] = ("train", "test")) -> 
         if isinstance(source, str) and not os.path.isfile(source):
             raise ConfigError(f"{s.name}: file {source} does not exist")
     return s
+
+
+def check_all(specs: list, roles: list[str] = ("train", "test")) -> list[DataSpec]:
+    """data.check for each; DataComp's tasks checked together (one error naming every missing task)."""
+    parsed = [parse(s) for s in specs]
+    tasks: dict[str | None, list[str]] = {}
+    for s in parsed:
+        if s.source == "datacomp":
+            tasks.setdefault(s.root, []).append(s.path)
+    for root, keys in tasks.items():
+        datacomp.check(keys, root)
+    return [check(s, roles) if s.source != "datacomp" else s for s in parsed]
 
 
 def load(spec: str | dict | DataSpec, role: str) -> ImageData:
@@ -184,5 +196,5 @@ def load_retrieval(spec: str | dict | DataSpec):
 
     s = parse(spec)
     if s.source == "datacomp":
-        return catalog.load_retrieval(datacomp.retrieval_entry(s.path), datacomp.local_root(s.path, s.root))
+        return datacomp.load_retrieval(s.path, s.root)
     return catalog.load_retrieval(s.name, s.root)

@@ -291,7 +291,6 @@ class RetrievalData:
 def load_retrieval(name: str | CatalogEntry, root: str | os.PathLike | None = None) -> RetrievalData:
     """An image–caption set: every image of the split (Flickr30k: the rows of the Karpathy test split) and all
     of its captions."""
-    import datasets
 
     s = name if isinstance(name, CatalogEntry) else entry(name)
     name = s.name
@@ -304,16 +303,22 @@ def load_retrieval(name: str | CatalogEntry, root: str | os.PathLike | None = No
             raise ValueError(f"{name}: no column {column!r} to keep the rows of its {value!r} split (the data set "
                              f"has {', '.join(ds.column_names)}); {s.source}")
         ds = ds.filter(lambda v: v == value, input_columns=[column])
-    ds = _rename(ds, s.image_column, "image")
+    return retrieval_data(name, ds, s.image_column, s.captions_column, _fingerprint(local) if local else None)
+
+
+def retrieval_data(name: str, ds, image_column: str, captions_column: str, fingerprint: str | None) -> RetrievalData:
+    """An image–caption table (one row per image, its captions a string or a list) as a RetrievalData."""
+    import datasets
+
+    ds = _rename(ds, image_column, "image")
     captions, owner = [], []
-    for i, caps in enumerate(ds[s.captions_column]):
+    for i, caps in enumerate(ds[captions_column]):
         caps = [caps] if isinstance(caps, str) else list(caps)
         captions += caps
         owner += [i] * len(caps)
     ds = ds.select_columns(["image"]).add_column("label", list(range(len(ds))))
     ds = ds.cast_column("label", datasets.Value("int64"))
-    fingerprint = _fingerprint(local) if local else ds._fingerprint
-    return RetrievalData(name, ImageData(name, "test", ds, [], fingerprint), captions, owner)
+    return RetrievalData(name, ImageData(name, "test", ds, [], fingerprint or ds._fingerprint), captions, owner)
 
 
 def _rename(ds, column: str, to: str):

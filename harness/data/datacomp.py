@@ -1,51 +1,62 @@
-"""DataComp's evaluation suite: 38 zero-shot tasks, declared as DataComp declares them, loaded as DataComp publishes
-them.
+"""DataComp's evaluation suite: 38 zero-shot tasks, declared as DataComp declares them, found where DataComp's
+download puts them, read as DataComp's evaluation reads them.
 
-What this follows (mlfoundations/datacomp):
-- tasklist.yml: the tasks, their display names, `main_metric` (acc1 where none is given) and tags. FairFace and
-  UTKFace are listed there without a main metric and are left out of the average (aggregate_scores.py keeps the
-  rows that have one: 38).
-- download_evalsets.py: classification tasks are webdatasets on the hub, `djghosh/wds_<task>_test` (the task key
-  with "/" as "-", the "fairness/" prefix dropped), each holding classnames.txt,
-  zeroshot_classification_templates.txt, test/nshards.txt and test/0.tar ... test/<n-1>.tar; retrieval and
-  WinoGAViL are nlphuji's hub data sets (split "test").
-- CLIP_benchmark's build_wds_dataset (clip_benchmark/datasets/builder.py): a sample is <key>.webp (or .png, .jpg,
-  .jpeg) and <key>.cls (the label as text); the WILDS and fairness tasks add <key>.npy, the sample's metadata row
-  (eval_utils/wilds_eval.py, fairness_eval.py: its columns are the evaluator's `_metadata_fields`, in order).
-- eval_utils/*.py and aggregate_scores.py: how each main metric is computed and how the average and the group
-  means are taken (harness.methods.task_metrics).
-
-A local copy (the data set's `root`) is the folder DataComp's download_evalsets.py fills: root/wds_<task>_test/
-for each webdataset task; the nlphuji sets as their parquet export, root/<repository name>/<files> (their hub
-repositories are loading scripts, which `datasets` 4 and later no longer run).
+What this follows (mlfoundations/datacomp at 4a8df19, its HEAD when this was written):
+- tasklist.yml: each task's key, display name, size (the number of test examples), main_metric (acc1 where none is
+  given). FairFace and UTKFace are listed there without a main metric and are left out of the average
+  (aggregate_scores.py keeps the rows that have one: 38). tests/data/datacomp_tasklist.yml is a verbatim copy, and
+  tests/test_datacomp.py checks TASKS against it.
+- download_evalsets.py: a classification task is the webdataset djghosh/wds_<task>_test (the key with "/" as "-", the
+  "fairness/" prefix dropped), downloaded to <data_dir>/wds_<task>_test/ {classnames.txt,
+  zeroshot_classification_templates.txt, test/nshards.txt, test/0.tar ...}; a retrieval/ or misc/ task is nlphuji's
+  hub data set nlphuji/<name>, fetched with `datasets.load_dataset("nlphuji/<name>", split="test",
+  cache_dir=<data_dir>/hf_cache)` — so it lies in datasets' cache layout,
+  <data_dir>/hf_cache/nlphuji___<name>/<config>/<version>/<hash>/<name>-test*.arrow.
+- eval_utils/wds_eval.py, retr_eval.py, wino_eval.py, wilds_eval.py, fairness_eval.py: how a sample is read
+  (CLIP_benchmark's build_wds_dataset: harness.data.wds), which columns the nlphuji sets must hold (retrieval: image,
+  caption; WinoGAViL: candidate_images, cue, candidates, associations), how each main metric is computed
+  (harness.methods.task_metrics), and the metadata column each worst-group metric groups by.
+- aggregate_scores.py: the group means and the 38-task average.
 
     from harness.data import datacomp
     datacomp.task("vtab/caltech101").metric            # "mean_per_class_recall"
     datacomp.load("cifar10", root="/data/datacomp")   # an ImageData: the task's class names and templates
+    datacomp.check(["cifar10", "misc/winogavil"], "/data/datacomp")   # every task's files, before any work
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import catalog, texts
-from .catalog import CatalogEntry
+from . import catalog, texts, wds
 from .images import ImageData
 
 SOURCE = "mlfoundations/datacomp tasklist.yml, download_evalsets.py, eval_utils/, aggregate_scores.py"
 WDS_OWNER = "djghosh"
+DOWNLOAD = "python download_evalsets.py {root} (mlfoundations/datacomp)"
 
 
 @dataclass(frozen=True)
 class Task:
     key: str  # DataComp's task key (tasklist.yml): "vtab/caltech101"
     name: str  # its display name: the column of open_clip's results table, aggregate_scores.py's groups
-    kind: str = "wds"  # "wds" (a webdataset: zero-shot classification), "retrieval", "winogavil"
+    size: int  # tasklist.yml's size: its number of test examples
     metric: str = "acc1"  # main_metric
     # the metadata (.npy) column a worst-group metric groups by, and its name (the evaluator's _metadata_fields)
     group: tuple[int, str] | None = None
+
+    @property
+    def kind(self) -> str:
+        """"wds" (a webdataset: zero-shot classification), "retrieval" or "winogavil" — as eval_utils/main.py
+        branches on the key."""
+        if self.key.startswith("retrieval/"):
+            return "retrieval"
+        return "winogavil" if self.key == "misc/winogavil" else "wds"
 
     @property
     def hub_id(self) -> str:
@@ -56,55 +67,69 @@ class Task:
 
     @property
     def folder(self) -> str:
-        """Its folder in a local copy: DataComp's download layout."""
+        """Its folder in DataComp's download (a webdataset task), or its repository's name (an nlphuji set)."""
         return self.hub_id.split("/", 1)[1]
 
+    @property
+    def source(self) -> str:
+        """Where the task is published and which of DataComp's files read it."""
+        if self.kind == "wds":
+            return (f"huggingface.co/datasets/{self.hub_id}: classnames.txt, zeroshot_classification_templates.txt, "
+                    "test/nshards.txt, test/<i>.tar (mlfoundations/datacomp download_evalsets.py, "
+                    "eval_utils/wds_eval.py)")
+        reader = "retr_eval.py" if self.kind == "retrieval" else "wino_eval.py"
+        return (f"huggingface.co/datasets/{self.hub_id}, split test: datasets.load_dataset({self.hub_id!r}, "
+                f"split='test', cache_dir=<data_dir>/hf_cache) (mlfoundations/datacomp download_evalsets.py, "
+                f"eval_utils/{reader})")
 
-# tasklist.yml, in its order; main_metric where it names one
+
+# tasklist.yml, in its order (key, name, size, main_metric where it names one)
 TASKS: list[Task] = [
-    Task("vtab/caltech101", "Caltech-101", metric="mean_per_class_recall"),
-    Task("cifar10", "CIFAR-10"),
-    Task("vtab/cifar100", "CIFAR-100"),
-    Task("vtab/clevr_count_all", "CLEVR Counts"),
-    Task("vtab/clevr_closest_object_distance", "CLEVR Distance"),
-    Task("country211", "Country211"),
-    Task("vtab/dtd", "Describable Textures"),
-    Task("vtab/eurosat", "EuroSAT"),
-    Task("fgvc_aircraft", "FGVC Aircraft", metric="mean_per_class_recall"),
-    Task("food101", "Food-101"),
-    Task("gtsrb", "GTSRB"),
-    Task("imagenet1k", "ImageNet 1k"),
-    Task("imagenet_sketch", "ImageNet Sketch"),
-    Task("imagenetv2", "ImageNet v2"),
-    Task("imagenet-a", "ImageNet-A"),
-    Task("imagenet-o", "ImageNet-O"),
-    Task("imagenet-r", "ImageNet-R"),
-    Task("vtab/kitti_closest_vehicle_distance", "KITTI Vehicle Distance"),
-    Task("mnist", "MNIST"),
-    Task("objectnet", "ObjectNet"),
-    Task("vtab/flowers", "Oxford Flowers-102", metric="mean_per_class_recall"),
-    Task("vtab/pets", "Oxford-IIIT Pet", metric="mean_per_class_recall"),
-    Task("voc2007", "Pascal VOC 2007"),
-    Task("vtab/pcam", "PatchCamelyon"),
-    Task("renderedsst2", "Rendered SST2"),
-    Task("vtab/resisc45", "RESISC45"),
-    Task("cars", "Stanford Cars"),
-    Task("stl10", "STL-10"),
-    Task("sun397", "SUN397"),
-    Task("vtab/svhn", "SVHN"),
-    Task("retrieval/flickr30k", "Flickr", "retrieval", "mean_recall@1"),
-    Task("retrieval/mscoco_2014_5k_test_image_text_retrieval", "MSCOCO", "retrieval", "mean_recall@1"),
-    Task("misc/winogavil", "WinoGAViL", "winogavil", "jaccard_score_10-12"),
+    Task("vtab/caltech101", "Caltech-101", 6085, "mean_per_class_recall"),
+    Task("cifar10", "CIFAR-10", 10000),
+    Task("vtab/cifar100", "CIFAR-100", 10000),
+    Task("vtab/clevr_count_all", "CLEVR Counts", 15000),
+    Task("vtab/clevr_closest_object_distance", "CLEVR Distance", 15000),
+    Task("country211", "Country211", 21100),
+    Task("vtab/dtd", "Describable Textures", 1880),
+    Task("vtab/eurosat", "EuroSAT", 5400),
+    Task("fgvc_aircraft", "FGVC Aircraft", 3333, "mean_per_class_recall"),
+    Task("food101", "Food-101", 25250),
+    Task("gtsrb", "GTSRB", 12630),
+    Task("imagenet1k", "ImageNet 1k", 50000),
+    Task("imagenet_sketch", "ImageNet Sketch", 50889),
+    Task("imagenetv2", "ImageNet v2", 10000),
+    Task("imagenet-a", "ImageNet-A", 7500),
+    Task("imagenet-o", "ImageNet-O", 2000),
+    Task("imagenet-r", "ImageNet-R", 30000),
+    Task("vtab/kitti_closest_vehicle_distance", "KITTI Vehicle Distance", 711),
+    Task("mnist", "MNIST", 10000),
+    Task("objectnet", "ObjectNet", 18574),
+    Task("vtab/flowers", "Oxford Flowers-102", 6149, "mean_per_class_recall"),
+    Task("vtab/pets", "Oxford-IIIT Pet", 3669, "mean_per_class_recall"),
+    Task("voc2007", "Pascal VOC 2007", 14976),
+    Task("vtab/pcam", "PatchCamelyon", 32768),
+    Task("renderedsst2", "Rendered SST2", 1821),
+    Task("vtab/resisc45", "RESISC45", 6300),
+    Task("cars", "Stanford Cars", 8041),
+    Task("stl10", "STL-10", 8000),
+    Task("sun397", "SUN397", 108754),
+    Task("vtab/svhn", "SVHN", 26032),
+    # Flickr's 1,000-image test set (Karpathy's split), renamed from retrieval/flickr30k in DataComp's commit
+    # 50f09fe "Update with correct Flickr30k test set"
+    Task("retrieval/flickr_1k_test_image_text_retrieval", "Flickr", 1000, "mean_recall@1"),
+    Task("retrieval/mscoco_2014_5k_test_image_text_retrieval", "MSCOCO", 5000, "mean_recall@1"),
+    Task("misc/winogavil", "WinoGAViL", 3563, "jaccard_score_10-12"),
     # wilds_eval.py: IWildCamEvaluator (F1, average="macro"), Camelyon17 (acc1), FMoWEvaluator (worst region,
     # _metadata_fields ["region", "year", "y"]). FMoWEvaluator means to skip a region whose name holds "Other", but
     # it sets no metadata map, so its group names read "region:k" and no region is skipped: followed as it runs.
-    Task("wilds/iwildcam", "iWildCam", metric="F1-macro_all"),
-    Task("wilds/camelyon17", "Camelyon17"),
-    Task("wilds/fmow", "FMoW", metric="acc_worst_region", group=(0, "region")),
+    Task("wilds/iwildcam", "iWildCam", 42791, "F1-macro_all"),
+    Task("wilds/camelyon17", "Camelyon17", 85054),
+    Task("wilds/fmow", "FMoW", 22108, "acc_worst_region", group=(0, "region")),
     # fairness_eval.py: DollarStreetEvaluator (top-5 accuracy by _metadata_fields[0] "income_ds"), GeoDEEvaluator
-    # (accuracy by "region")
-    Task("fairness/dollar_street", "Dollar Street", metric="acc_top5_wg", group=(0, "income_ds")),
-    Task("fairness/geode", "GeoDE", metric="acc_wg", group=(0, "region")),
+    # (accuracy by _metadata_fields[0] "region")
+    Task("fairness/dollar_street", "Dollar Street", 3503, "acc_top5_wg", group=(0, "income_ds")),
+    Task("fairness/geode", "GeoDE", 12488, "acc_wg", group=(0, "region")),
 ]
 TASK = {t.key: t for t in TASKS}
 
@@ -118,37 +143,26 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "Retrieval": ("Flickr", "MSCOCO", "WinoGAViL"),
 }
 
-# open_clip's results table (docs/openclip_results.csv), the full profile's models: "Average perf. on 38 datasets"
-# and each task's main metric, as fractions, in the table's column order (TASKS' order is the same)
+# open_clip's results table, docs/openclip_results.csv (mlfoundations/open_clip at 89fb801): its header and the rows
+# of the full profile's models, copied line for line into published/openclip_results.csv (grep of those lines, no
+# edit). "Average perf. on 38 datasets" is DataComp's Average; the table publishes no group means (ImageNet 1k is a
+# column of its own).
 PUBLISHED_SOURCE = "open_clip docs/openclip_results.csv (DataComp's evaluation of each model)"
-_PUBLISHED_ROWS = {
-    "ViT-B-32/openai": (0.5245075360607366, "0.6332,0.8758,0.8983,0.6423,0.2320,0.2335,0.1720,0.4436,0.5044,0.1953,"
-                        "0.8400,0.3258,0.4229,0.5592,0.3155,0.4775,0.6933,0.2743,0.4839,0.4431,0.6670,0.8700,0.7640,"
-                        "0.6224,0.5865,0.5362,0.5963,0.9713,0.6248,0.3159,0.6884,0.4028,0.4125,0.0732,0.6061,0.1676,"
-                        "0.5386,0.8217"),
-    "ViT-B-32/laion2b_s34b_b79k": (0.5693607793703361, "0.6656,0.9105,0.9358,0.7555,0.1535,0.2451,0.1667,0.5569,"
-                                   "0.4806,0.2453,0.8269,0.4933,0.5366,0.5814,0.2627,0.4995,0.7643,0.2630,0.6996,"
-                                   "0.4883,0.7024,0.9076,0.7910,0.5993,0.5728,0.6106,0.8607,0.9656,0.6872,0.4257,"
-                                   "0.7544,0.4783,0.4479,0.0930,0.6392,0.1479,0.5666,0.8543"),
-    "ViT-B-16/openai": (0.5626067910505228, "0.6834,0.8901,0.9077,0.6695,0.2123,0.2231,0.2282,0.4495,0.5594,0.2421,"
-                        "0.8872,0.4339,0.4824,0.6188,0.4995,0.4230,0.7770,0.2644,0.5135,0.5531,0.6907,0.8886,0.7831,"
-                        "0.5072,0.6068,0.5822,0.6477,0.9825,0.6435,0.5190,0.7218,0.4275,0.4316,0.1099,0.6808,0.1888,"
-                        "0.5876,0.8614"),
-    "ViT-L-14/openai": (0.6173485603242465, "0.7554,0.9249,0.9559,0.7582,0.1943,0.2021,0.3187,0.5537,0.6263,0.3181,"
-                        "0.9305,0.5055,0.5959,0.6983,0.7075,0.3235,0.8784,0.2180,0.7634,0.6889,0.7923,0.9323,0.7828,"
-                        "0.5204,0.6881,0.6337,0.7788,0.9936,0.6756,0.5840,0.7508,0.4642,0.4136,0.1211,0.6741,0.2229,"
-                        "0.6297,0.8839"),
-}
-# the table's columns after the average: ImageNet 1k first, then the others in the table's order
-_TABLE_ORDER = ["ImageNet 1k", "Caltech-101", "CIFAR-10", "CIFAR-100", "CLEVR Counts", "CLEVR Distance", "Country211",
-                "Describable Textures", "EuroSAT", "FGVC Aircraft", "Food-101", "GTSRB", "ImageNet Sketch",
-                "ImageNet v2", "ImageNet-A", "ImageNet-O", "ImageNet-R", "KITTI Vehicle Distance", "MNIST",
-                "ObjectNet", "Oxford Flowers-102", "Oxford-IIIT Pet", "Pascal VOC 2007", "PatchCamelyon",
-                "Rendered SST2", "RESISC45", "Stanford Cars", "STL-10", "SUN397", "SVHN", "Flickr", "MSCOCO",
-                "WinoGAViL", "iWildCam", "Camelyon17", "FMoW", "Dollar Street", "GeoDE"]
-PUBLISHED: dict[str, dict[str, float]] = {
-    model: {"Average": average, **dict(zip(_TABLE_ORDER, map(float, values.split(","))))}
-    for model, (average, values) in _PUBLISHED_ROWS.items()}
+PUBLISHED_FILE = Path(__file__).parent / "published" / "openclip_results.csv"
+AVERAGE_COLUMN = "Average perf. on 38 datasets"
+
+
+def _published() -> dict[str, dict[str, float]]:
+    """"ARCH/TAG" -> {"Average": ..., task name: main metric} as fractions, from the table's own strings."""
+    out = {}
+    for row in csv.DictReader(io.StringIO(PUBLISHED_FILE.read_text(encoding="utf-8"))):
+        values = {"Average": float(row[AVERAGE_COLUMN])}
+        values.update({t.name: float(row[t.name]) for t in TASKS})
+        out[f"{row['name']}/{row['pretrained']}"] = values
+    return out
+
+
+PUBLISHED: dict[str, dict[str, float]] = _published()
 
 
 def task(key: str) -> Task:
@@ -163,50 +177,112 @@ def task(key: str) -> Task:
     return TASK[key]
 
 
-# --------------------------------------------------------------------------------------------- webdatasets
-IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's build_wds_dataset reads these
-
-
+# ------------------------------------------------------------------------------------------ where the files lie
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _local_wds(t: Task, root: Path) -> tuple[list[str], Path]:
-    from ..infra.suite import ConfigError
-
+def _wds_missing(t: Task, root: Path) -> list[Path]:
+    """The files of a webdataset task's download that are not under root/wds_<task>_test/."""
     folder = root / t.folder
     nshards = folder / "test" / "nshards.txt"
-    expected = (f"expected DataComp's layout of {t.hub_id}: {folder}/classnames.txt, "
-                f"{folder}/zeroshot_classification_templates.txt, {folder}/test/nshards.txt and "
-                f"{folder}/test/0.tar ... (python download_evalsets.py {root}, or a copy of the hub repository)")
     if not nshards.is_file():
-        raise ConfigError(f"{t.key}: no {nshards}; {expected}")
+        return [nshards]
     n = int(nshards.read_text().strip())
-    tars = [folder / "test" / f"{i}.tar" for i in range(n)]
-    missing = [p for p in tars if not p.is_file()] + [folder / f for f in ("classnames.txt",
-                                                                           "zeroshot_classification_templates.txt")
-                                                      if not (folder / f).is_file()]
-    if missing:
-        raise ConfigError(f"{t.key}: {missing[0]} is missing ({len(missing)} file(s) in all); {expected}")
-    return [str(p) for p in tars], folder
+    wanted = [folder / "classnames.txt", folder / "zeroshot_classification_templates.txt"] + [
+        folder / "test" / f"{i}.tar" for i in range(n)]
+    return [p for p in wanted if not p.is_file()]
 
 
-def _hub_wds(t: Task) -> tuple[object, list[str], list[str]]:
+def _arrow_files(cache_dir: Path, t: Task) -> list[Path]:
+    """The split-test Arrow files `datasets` wrote for nlphuji/<name> into cache_dir — its layout
+    <cache_dir>/nlphuji___<name>/<config>/<version>/<hash>/<name>-test[-NNNNN-of-NNNNN].arrow with dataset_info.json
+    beside them — from the newest such folder (as datasets' packaged_modules/cache picks one)."""
+    name = t.folder
+    folders = [p.parent for p in (cache_dir / f"nlphuji___{name}").glob("*/*/*/dataset_info.json")]
+    for folder in sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True):
+        files = sorted(folder.glob(f"{name}-test.arrow")) + sorted(folder.glob(f"{name}-test-*-of-*.arrow"))
+        if files:
+            return files
+    return []
+
+
+def _parquet_files(root: Path, t: Task) -> list[Path]:
+    """The repository's parquet export (refs/convert/parquet) under root/<name>/: <config>/test/*.parquet (the config
+    folder is not fixed here: the export names it after the loading script's config)."""
+    return sorted((root / t.folder).glob("*/test/*.parquet"))
+
+
+def _default_cache_files(t: Task) -> list[Path]:
+    """Without a root: what `datasets.load_dataset("nlphuji/<name>", split="test")` left in datasets' own cache."""
     import datasets
-    from huggingface_hub import hf_hub_download
 
-    try:
-        texts = [Path(hf_hub_download(t.hub_id, f, repo_type="dataset")).read_text(encoding="utf-8")
-                 for f in ("classnames.txt", "zeroshot_classification_templates.txt")]
-        ds = datasets.load_dataset(t.hub_id, data_files={"test": "test/*.tar"}, split="test")
-    except Exception as e:
-        raise FileNotFoundError(
-            f"DataComp task {t.key} is not available: it is read from the Hugging Face cache ({t.hub_id}, main: "
-            "classnames.txt, zeroshot_classification_templates.txt, test/*.tar; run once online with "
-            "HF_DATASETS_OFFLINE=0 and HF_HUB_OFFLINE=0 to fill it), or from a local copy (the data set's root: "
-            f"root/{t.folder}/ as DataComp's download_evalsets.py writes it). Cause: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    return ds, _lines(texts[0]), _lines(texts[1])
+    return _arrow_files(Path(datasets.config.HF_DATASETS_CACHE), t)
+
+
+def _hub_cached(repo: str) -> bool:
+    """Whether the Hugging Face hub cache holds any snapshot of the data-set repository `repo`."""
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}" / "snapshots").is_dir()
+
+
+def missing(t: Task, root: str | os.PathLike | None) -> str | None:
+    """What of the task is not where DataComp's download (root) or the caches (no root) put it; None if all is."""
+    if root is not None:
+        root = Path(root)
+        if t.kind == "wds":
+            lost = _wds_missing(t, root)
+            return f"{lost[0]}" + (f" and {len(lost) - 1} more file(s)" if len(lost) > 1 else "") if lost else None
+        if _arrow_files(root / "hf_cache", t) or _parquet_files(root, t):
+            return None
+        return f"{root}/hf_cache/nlphuji___{t.folder}/ (or a parquet export {root}/{t.folder}/<config>/test/)"
+    if t.kind == "wds":
+        return None if _hub_cached(t.hub_id) else f"the hub cache's {t.hub_id}"
+    if _default_cache_files(t) or _hub_cached(t.hub_id):
+        return None
+    return f"datasets' cache of {t.hub_id} (or the hub cache's parquet export)"
+
+
+def check(keys: list[str], root: str | os.PathLike | None) -> None:
+    """Before any work: every task's files where they should be; one ConfigError naming each missing task and the
+    command that fetches it otherwise."""
+    from ..infra.suite import ConfigError
+
+    if root is not None and not Path(root).is_dir():
+        raise ConfigError(f"DataComp's data_dir {root} does not exist: fetch the tasks with "
+                          f"{DOWNLOAD.format(root=root)}")
+    lost = [(k, m) for k in keys if (m := missing(task(k), root)) is not None]
+    if not lost:
+        return
+    fetch = DOWNLOAD.format(root=root) if root is not None else (
+        "HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 once online, or DataComp's download_evalsets.py into a folder given "
+        "as the data set's root")
+    named = "; ".join(f"{k}: no {m}" for k, m in lost[:5]) + (f"; and {len(lost) - 5} more" if len(lost) > 5 else "")
+    raise ConfigError(f"{len(lost)} of {len(keys)} DataComp task(s) not found ({named}): fetch them with {fetch}")
+
+
+# --------------------------------------------------------------------------------------------- webdatasets
+def _read_shards(t: Task, tars: list[Path]):
+    """Every sample of the shards as a datasets.Dataset: image (a reference into its shard, harness.data.wds),
+    label (the .cls, as webdataset decodes it: int) and, for a worst-group task, metadata (the .npy row)."""
+    import datasets
+    import numpy as np
+
+    images, labels, metadata = [], [], []
+    for shard in tars:
+        for sample in wds.samples(shard, ("cls", "npy")):
+            if sample.get("cls") is None:
+                raise ValueError(f"{t.key}: sample {sample['__key__']} of {shard} has no .cls label")
+            images.append(wds.image_cell(shard, sample))
+            labels.append(int(sample["cls"]))
+            if t.group:
+                if sample.get("npy") is None:
+                    raise ValueError(f"{t.key}: its metric ({t.metric}) groups by each sample's metadata (.npy), "
+                                     f"which sample {sample['__key__']} of {shard} does not hold")
+                metadata.append(np.load(io.BytesIO(sample["npy"])).tolist())
+    columns = {"image": images, "label": labels, **({"metadata": metadata} if t.group else {})}
+    return datasets.Dataset.from_dict(columns)
 
 
 def load(key: str, root: str | os.PathLike | None = None) -> ImageData:
@@ -218,61 +294,95 @@ def load(key: str, root: str | os.PathLike | None = None) -> ImageData:
     if t.kind != "wds":
         raise ValueError(f"{key} is a {t.kind} task, not zero-shot classification")
     if root is not None:
-        tars, folder = _local_wds(t, Path(root))
-        ds = datasets.load_dataset("webdataset", data_files={"test": tars}, split="test")
-        names = _lines((folder / "classnames.txt").read_text(encoding="utf-8"))
-        templates = _lines((folder / "zeroshot_classification_templates.txt").read_text(encoding="utf-8"))
-        fingerprint = catalog._fingerprint(folder)
+        check([key], root)
+        folder = Path(root) / t.folder
     else:
-        ds, names, templates = _hub_wds(t)
-        fingerprint = ds._fingerprint
-    image = [c for c in ds.column_names if c in IMAGE_EXTENSIONS]
-    if len(image) != 1 or "cls" not in ds.column_names:
-        raise ValueError(f"{key}: a sample should hold one image (.{', .'.join(IMAGE_EXTENSIONS)}) and a label "
-                         f"(.cls); the shards hold {', '.join(c for c in ds.column_names if not c.startswith('__'))}")
-    keep = [image[0], "cls"] + (["npy"] if t.group else [])
-    if t.group and "npy" not in ds.column_names:
-        raise ValueError(f"{key}: its metric ({t.metric}) groups by the sample's metadata (.npy), which the shards "
-                         "do not hold")
-    ds = ds.select_columns(keep).rename_columns({image[0]: "image", "cls": "label",
-                                                 **({"npy": "metadata"} if t.group else {})})
+        folder = _hub_snapshot(t)
+    n = int((folder / "test" / "nshards.txt").read_text().strip())
+    ds = _read_shards(t, [folder / "test" / f"{i}.tar" for i in range(n)])
+    names = _lines((folder / "classnames.txt").read_text(encoding="utf-8"))
+    templates = _lines((folder / "zeroshot_classification_templates.txt").read_text(encoding="utf-8"))
     top = max(ds["label"]) if len(ds) else -1
     if top >= len(names):
         raise ValueError(f"{key}: label {top} in the shards, but classnames.txt names {len(names)} classes")
+    _check_size(t, len(ds))
     ds = ds.cast_column("label", datasets.ClassLabel(names=[f"{i}" for i in range(len(names))]))
     # the files' templates say "{c}" (CLIP_benchmark's): read as "{}" like every other template source
-    return ImageData(f"datacomp:{key}", "test", ds, names, fingerprint, texts.templates(templates, key))
+    return ImageData(f"datacomp:{key}", "test", ds, names, catalog._fingerprint(folder),
+                     texts.templates(templates, key))
+
+
+def _hub_snapshot(t: Task) -> Path:
+    """A webdataset task's files from the Hugging Face hub cache (downloaded when online)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(t.hub_id, repo_type="dataset"))
+    except Exception as e:
+        raise FileNotFoundError(
+            f"DataComp task {t.key} is not available: it is read from the Hugging Face cache ({t.hub_id}, main: "
+            "classnames.txt, zeroshot_classification_templates.txt, test/*.tar; run once online with "
+            "HF_DATASETS_OFFLINE=0 and HF_HUB_OFFLINE=0 to fill it), or from DataComp's download (the data set's "
+            f"root: root/{t.folder}/ as download_evalsets.py writes it). Cause: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def _check_size(t: Task, n: int) -> None:
+    if n != t.size:
+        warnings.warn(f"DataComp task {t.key}: {n} test examples read, tasklist.yml says {t.size} (a partial copy, "
+                      "or another version of the data set: its numbers are not comparable with DataComp's)",
+                      stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------ nlphuji's hub sets
-def retrieval_entry(key: str) -> CatalogEntry:
-    """Flickr30k and MSCOCO as DataComp evaluates them (eval_utils/retr_eval.py): every row of split "test"
-    (Flickr30k: all of them, not only the Karpathy test rows), every caption of each image."""
-    task(key)
-    base = catalog.CATALOG["flickr30k" if "flickr" in key else "mscoco"]
-    return CatalogEntry(f"datacomp:{key}", base.hub_id, base.splits, base.files, base.source, base.revision,
-                        image_column=base.image_column, task="retrieval", captions_column=base.captions_column)
+NLPHUJI_COLUMNS = {"retrieval": ("image", "caption"),  # eval_utils/retr_eval.py
+                   "winogavil": ("candidate_images", "cue", "candidates", "associations")}  # eval_utils/wino_eval.py
 
 
-# WinoGAViL: eval_utils/wino_eval.py reads columns candidate_images (a list of images), cue (a string), candidates
-# and associations (lists of image names); nlphuji/winogavil is a loading script, read from its parquet export
-# (its config folder not checked here: any <config>/test/ is taken)
-WINOGAVIL = CatalogEntry("datacomp:misc/winogavil", "nlphuji/winogavil", {"test": "test"},
-                         {"test": "*/test/*.parquet"},
-                         "mlfoundations/datacomp eval_utils/wino_eval.py (columns candidate_images, cue, candidates, "
-                         "associations; split test)", revision="refs/convert/parquet", task="winogavil")
+def load_nlphuji(key: str, root: str | os.PathLike | None = None):
+    """A retrieval or WinoGAViL task's split test as a datasets.Dataset, and a fingerprint of its files: from where
+    DataComp's download puts it (root/hf_cache, in datasets' cache layout) or a parquet export under root; without
+    a root, from datasets' own cache or the hub's parquet export."""
+    import datasets
+
+    t = task(key)
+    if t.kind == "wds":
+        raise ValueError(f"{key} is a webdataset task: use load")
+    files = []
+    if root is not None:
+        check([key], root)
+        files = _arrow_files(Path(root) / "hf_cache", t) or _parquet_files(Path(root), t)
+    else:
+        files = _default_cache_files(t)
+    if files and files[0].suffix == ".arrow":
+        ds = datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
+    elif files:
+        ds = datasets.load_dataset("parquet", data_files={"test": [str(f) for f in files]}, split="test")
+    else:
+        try:
+            ds = datasets.load_dataset(t.hub_id, revision="refs/convert/parquet",
+                                       data_files={"test": "*/test/*.parquet"}, split="test")
+        except Exception as e:
+            raise FileNotFoundError(
+                f"DataComp task {t.key} is not available: it is read from datasets' cache (as "
+                f"datasets.load_dataset({t.hub_id!r}, split='test') leaves it), the hub's parquet export of "
+                f"{t.hub_id} (refs/convert/parquet; run once online with HF_DATASETS_OFFLINE=0 and HF_HUB_OFFLINE=0), "
+                f"or DataComp's download (the data set's root: root/hf_cache/). Cause: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    lost = [c for c in NLPHUJI_COLUMNS[t.kind] if c not in ds.column_names]
+    if lost:
+        raise ValueError(f"{key}: no column {', '.join(lost)} (it has {', '.join(ds.column_names)}); {t.source}")
+    _check_size(t, len(ds))
+    return ds, catalog._fingerprint(files[0].parent) if files else ds._fingerprint
+
+
+def load_retrieval(key: str, root: str | os.PathLike | None = None) -> catalog.RetrievalData:
+    """Flickr's 1k test set or MSCOCO's 5k as DataComp evaluates them (eval_utils/retr_eval.py): every row of split
+    test, every caption of each image."""
+    ds, fingerprint = load_nlphuji(key, root)
+    return catalog.retrieval_data(f"datacomp:{key}", ds, "image", "caption", fingerprint)
 
 
 def load_winogavil(root: str | os.PathLike | None = None):
     """WinoGAViL's test split: a datasets.Dataset with candidate_images, cue, candidates, associations."""
-    ds, _ = catalog._hub_or_local(WINOGAVIL, "test", local_root("misc/winogavil", root))
-    missing = [c for c in ("candidate_images", "cue", "candidates", "associations") if c not in ds.column_names]
-    if missing:
-        raise ValueError(f"WinoGAViL: no column {', '.join(missing)} (it has {', '.join(ds.column_names)}); "
-                         f"{WINOGAVIL.source}")
-    return ds
-
-
-def local_root(key: str, root: str | os.PathLike | None) -> Path | None:
-    """Where a retrieval or WinoGAViL task's local copy is: root/<repository name>."""
-    return None if root is None else Path(root) / task(key).folder
+    return load_nlphuji("misc/winogavil", root)[0]

@@ -136,12 +136,19 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
 
 
 def to_pil(image) -> Image.Image:
-    """A PIL RGB image from a PIL image, a (H, W) / (H, W, C) uint8 array, or datasets' {"bytes","path"}.
+    """A PIL RGB image from a PIL image, a (H, W) / (H, W, C) uint8 array, datasets' {"bytes","path"}, or an
+    image in a webdataset shard (harness.data.wds: {"shard", "member", "offset", "size"}).
 
     Every mode becomes RGB: grayscale (L, LA, 1) as 3 identical channels, palette (P, PA) through its colours,
     CMYK through PIL's conversion, 16-bit grayscale (I;16) scaled to 8 bits (PIL's own conversion would clip it
     at 255), alpha dropped."""
-    if isinstance(image, dict):  # an undecoded datasets.Image
+    if image is None:
+        raise ValueError("no image")
+    if isinstance(image, dict) and "shard" in image:  # a sample of a webdataset shard
+        from .wds import read_image
+
+        image = Image.open(io.BytesIO(read_image(image)))
+    elif isinstance(image, dict):  # an undecoded datasets.Image
         image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image.astype(np.uint8, copy=False))  # datasets' numpy format widens to int64
@@ -173,14 +180,19 @@ class ImageDataset(torch.utils.data.Dataset):
         row = self.ds[idx]
         try:
             image = self.transform(to_pil(row["image"]))
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated / corrupt files
-            name = row["image"].get("path") if isinstance(row["image"], dict) else idx
-            return None, idx, f"{name}: {type(e).__name__}: {e}"
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated / corrupt files; no image
+            return None, idx, f"{image_name(row['image'], idx)}: {type(e).__name__}: {e}"
         except Image.DecompressionBombError as e:  # larger than twice PIL.Image.MAX_IMAGE_PIXELS
-            name = row["image"].get("path") if isinstance(row["image"], dict) else idx
-            return None, idx, (f"{name}: skipped, past Pillow's decompression-bomb limit ({e}); if the image is "
-                               "trusted, raise PIL.Image.MAX_IMAGE_PIXELS before the run")
+            return None, idx, (f"{image_name(row['image'], idx)}: skipped, past Pillow's decompression-bomb limit "
+                               f"({e}); if the image is trusted, raise PIL.Image.MAX_IMAGE_PIXELS before the run")
         return image, int(row["label"]), idx
+
+
+def image_name(cell, row: int) -> str:
+    """How an unreadable image is named: its file, its shard and member, or its row."""
+    if isinstance(cell, dict) and "shard" in cell:
+        return f"{cell['shard']}:{cell['member']}"
+    return (cell.get("path") if isinstance(cell, dict) else None) or f"row {row}"
 
 
 def collate(batch):

@@ -45,8 +45,7 @@ def validate(config: dict, ctx: Context) -> None:
     harness.models); whether a model is CLIP-like shows when it is loaded."""
     specs = [models.check(m) for m in config["models"]]
     if any(not _own(s, config) for s in specs):
-        for spec in zero_shot_sets(config):
-            data.check(spec, ["test"])
+        data.check_all(zero_shot_sets(config), ["test"])
 
 
 CPU_PROCESSES = True  # on a CPU: its CLIP training runs as one unit beside the other suites' (run --processes)
@@ -156,6 +155,27 @@ def zero_shot_sets(config: dict) -> list[data.DataSpec]:
                         "templates": list(config["templates"]), "test_per_class": d.get("test_per_class")})]
 
 
+def identity(spec: models.ModelSpec, ds: data.DataSpec, config: dict, n_sets: int = 1) -> dict:
+    """What every row of one model on one data set carries: model, weights, data set, the DataComp task and metric,
+    the published number to compare with and its source."""
+    entry = catalog.CATALOG.get(ds.name)
+    dc = datacomp.task(ds.path) if ds.source == "datacomp" else None
+    # a spec's own published_top1 (ImageNet's, or its one data set's) wins: a local weight file names no tag
+    own = "published_top1" in spec.extra and (n_sets == 1 or ds.name == "imagenet")
+    tag = f"{spec.name}/{spec.weights}"  # open_clip's table's name and pretrained columns: "ViT-B-32/openai"
+    if dc:
+        value = datacomp.PUBLISHED.get(tag, {}).get(dc.name)
+        published = None if value is None else 100.0 * value
+    else:
+        published = spec.extra["published_top1"] if own else (entry.published.get(tag) if entry else None)
+    source = datacomp.PUBLISHED_SOURCE if dc else config.get("published_source", catalog.OPENAI_SOURCE)
+    return {"model": spec.id, "weights": spec.weights, "dataset": ds.name,
+            **({"datacomp_task": dc.name, "datacomp_metric": dc.metric} if dc else {}),
+            # the row of open_clip's table the DataComp aggregates are compared with (datacomp_means)
+            **({"published_as": tag} if dc and tag in datacomp.PUBLISHED else {}),
+            **({"published_top1": published, "published_source": source} if published is not None else {})}
+
+
 def _eval_pretrained(spec: models.ModelSpec, config: dict, ctx: Context) -> list[dict]:
     """One CLIP-like model (and the reference converted from it) on each of the configured data sets."""
     encoder = models.resolve(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
@@ -167,26 +187,14 @@ def _eval_pretrained(spec: models.ModelSpec, config: dict, ctx: Context) -> list
     rows = []
     sets = zero_shot_sets(config)
     for ds in sets:
-        entry = catalog.CATALOG.get(ds.name)
-        dc = datacomp.task(ds.path) if ds.source == "datacomp" else None
-        # a spec's own published_top1 (ImageNet's, or its one data set's) wins: a local weight file names no tag
-        own = "published_top1" in spec.extra and (len(sets) == 1 or ds.name == "imagenet")
-        tag = f"{spec.name}/{spec.weights}"
-        if dc:
-            value = datacomp.PUBLISHED.get(tag, {}).get(dc.name)
-            published = None if value is None else 100.0 * value
-        else:
-            published = spec.extra["published_top1"] if own else (entry.published.get(tag) if entry else None)
-        source = datacomp.PUBLISHED_SOURCE if dc else config.get("published_source", catalog.OPENAI_SOURCE)
-        common = {"model": spec.id, "weights": spec.weights, "dataset": ds.name,
-                  **({"datacomp_task": dc.name, "datacomp_metric": dc.metric} if dc else {}),
-                  **({"published_top1": published, "published_source": source} if published is not None else {})}
+        common = identity(spec, ds, config, len(sets))
         kind = data.task(ds)
         if kind == "retrieval":
             rows += _retrieval_rows(encoders, tok, ds, config, ctx, common)
         elif kind == "winogavil":
             rows += _winogavil_rows(encoders, tok, ds, config, ctx, common)
         else:
+            dc = datacomp.task(ds.path) if ds.source == "datacomp" else None
             rows += _classification_rows(encoders, encoder, tok, ds, config, ctx, common, dc)
     return rows
 
@@ -319,11 +327,12 @@ def datacomp_means(df: pd.DataFrame) -> pd.DataFrame:
         scores = dict(zip(g["datacomp_task"], g["main_metric"] / 100.0))
         agg = task_metrics.aggregate(scores, datacomp.GROUPS, len(datacomp.TASKS))
         weights = g["weights"].iloc[0] if "weights" in g else None
-        published = datacomp.PUBLISHED.get(f"{model}/{weights}", {})
-        if published:  # the groups from the published per-task numbers; the average is the table's own
-            published = {**task_metrics.aggregate({k: v for k, v in published.items() if k != "Average"},
-                                                  datacomp.GROUPS, len(datacomp.TASKS)),
-                         "Average": published["Average"]}
+        # open_clip's table publishes the 38-task average and ImageNet 1k's number, no group means: the groups'
+        # rows have no published number (none is derived from the per-task ones)
+        tag = g["published_as"].dropna().iloc[0] if "published_as" in g and g["published_as"].notna().any() else None
+        row_of_table = datacomp.PUBLISHED.get(tag, {})
+        published = {"Average": row_of_table["Average"], "ImageNet": row_of_table["ImageNet 1k"]} if row_of_table \
+            else {}
         for name, value in agg.items():
             needs = len(datacomp.TASKS) if name == "Average" else len(datacomp.GROUPS.get(name, ("ImageNet 1k",)))
             row = {"model": model, "library": library, "weights": weights, "task": "DataComp aggregate",
@@ -390,6 +399,16 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
         notes = ("Zero-shot ImageNet classification with open_clip's class names and OpenAI's 80 templates; "
                  "published_top1 from " + config.get("published_source", "") + ". The reference row is the "
                  "reference CLIP converted from the same weights (prediction_agreement: image by image).")
+    if "datacomp_task" in df and df["datacomp_task"].notna().any():
+        notes += (" DataComp's tasks (harness.data.datacomp): main_metric is each task's main metric as DataComp's "
+                  "eval_utils compute it (tests/test_datacomp_parity.py runs CLIP_benchmark's and WILDS' own code on "
+                  "the same inputs); the aggregates are aggregate_scores.py's, each only when every task it needs was "
+                  "evaluated, beside open_clip's published 38-task average and ImageNet 1k number (the table "
+                  "publishes no group means). Precision: the harness runs both towers in float32 (or the config's "
+                  "autocast) on every device; on a GPU DataComp builds its text classifier, both retrieval towers and "
+                  "WinoGAViL under float16 autocast (CLIP_benchmark's amp=True, torch.cuda.amp.autocast), so a GPU "
+                  "run of DataComp's code differs from these rows by float16 round-off; on a CPU its autocast is off "
+                  "and the two agree.")
     return [Table("zero_shot", df, "CLIP zero-shot classification and retrieval",
                   "CLIP zero-shot classification (held-out templates), retrieval recall@k, learned temperature, "
                   "linear probe beside it; open_clip on the same weights",

@@ -14,7 +14,8 @@
                             (eval_utils/wino_eval.py)
 
 All values are fractions, as DataComp reports them; the suites show them ×100 beside their other percentages.
-tests/test_task_metrics.py checks them against scikit-learn and hand-worked examples.
+tests/test_datacomp.py checks them against scikit-learn and hand-worked examples; tests/test_datacomp_parity.py
+against CLIP_benchmark's and WILDS' own code run as DataComp runs it.
 """
 
 from __future__ import annotations
