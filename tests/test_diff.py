@@ -24,9 +24,13 @@ def test_mcnemar_by_hand():
     b = np.array([0] * 9 + [1] * 1 + [1] * 20 + [0] * 5, bool)
     m = paired.mcnemar(a, b)
     # exact two-sided: 2 · P(X ≤ 1), X ~ Binomial(10, 1/2) = 2 · (1 + 10) / 1024
-    assert m == {"only_a_correct": 9, "only_b_correct": 1, "mcnemar_p": pytest.approx(22 / 1024, abs=1e-15)}
+    # one-sided: B worse P(X <= 1) = 11/1024; B better P(X >= 1) = 1023/1024
+    assert m == {"only_a_correct": 9, "only_b_correct": 1, "mcnemar_p": pytest.approx(22 / 1024, abs=1e-15),
+                 "p_worse": pytest.approx(11 / 1024, abs=1e-15), "p_better": pytest.approx(1023 / 1024, abs=1e-15)}
+    assert m["mcnemar_p"] == pytest.approx(stats.binomtest(1, 10, 0.5).pvalue, abs=1e-15)
     assert paired.mcnemar(b, a)["mcnemar_p"] == m["mcnemar_p"]  # symmetric
-    assert paired.mcnemar(a, a) == {"only_a_correct": 0, "only_b_correct": 0, "mcnemar_p": 1.0}
+    assert paired.mcnemar(a, a) == {"only_a_correct": 0, "only_b_correct": 0, "mcnemar_p": 1.0, "p_worse": 1.0,
+                                    "p_better": 1.0}
     with pytest.raises(ValueError, match="same images"):
         paired.mcnemar(a, b[:-1])
 

@@ -13,7 +13,7 @@ from open_clip.loss import ClipLoss
 import harness
 from harness.evals import agreement, agreement_clip
 from harness.infra.suite import Context
-from harness.methods.numerics import errors, unit_roundoff, verdict, widening
+from harness.methods.numerics import errors, false_fail_rate, unit_roundoff, verdict, widening
 from harness.models.open_clip import transform as open_clip_transform
 from tests.test_clip import small_open_clip
 
@@ -63,8 +63,12 @@ def test_rule_widens_for_small_tensors_and_not_for_large_ones():
 
 
 def test_equally_accurate_small_tensors_pass_at_the_stated_rate():
-    """Two implementations with errors of the same spread: the bare 2x rule fails 9-element tensors ~2.5% of the
-    time; the widened rule fails them at ~0.1%. 4,000 draws: expected failures 4 (widened) and ~100 (bare)."""
+    """Two implementations with errors of the same spread on 9 elements: the bare ratio test at 2 fails ~2.5% of
+    draws (scipy: F(9, 9) beyond 4); the rule's 2·w(9) = 6.36 fails them at false_fail_rate(9) = 3.3e-6 — 4,000
+    draws expect 100 failures of the first (sd 10) and 0.013 of the second, so none; at 64 elements and above the
+    rate is below 1e-15. The stated rates are scipy's, and the simulated ones agree with them."""
+    from scipy.stats import f
+
     g = torch.Generator().manual_seed(1)
     truth = torch.ones(4000, 9, dtype=torch.float64)
     ref = truth + 1e-3 * torch.randn(4000, 9, dtype=torch.float64, generator=g)
@@ -72,8 +76,15 @@ def test_equally_accurate_small_tensors_pass_at_the_stated_rate():
     ratio = (ref - truth).norm(dim=1) / (lib - truth).norm(dim=1)
     bare = (ratio > 2).sum().item()
     widened = (ratio > 2 * widening(9)).sum().item()
-    assert 50 < bare < 160  # binomial(4000, 0.025): mean 100, sd 10
-    assert widened <= 15  # binomial(4000, 0.001): mean 4, sd 2
+    assert f.sf(4, 9, 9) == pytest.approx(0.0244, abs=5e-4)
+    assert 50 < bare < 160  # binomial(4000, 0.0244): mean 98, sd 10
+    assert widened == 0
+    assert false_fail_rate(9) == pytest.approx(3.26e-6, rel=1e-2)
+    assert false_fail_rate(64) == pytest.approx(7.5e-16, rel=2e-2)
+    assert false_fail_rate(1024) < 1e-100 and widening(1024) == pytest.approx(1.10, abs=5e-3)
+    # the docstring's numbers, read back
+    doc = harness.methods.numerics.__doc__
+    assert "1.10 for 1,024" in doc and "7.5e-16 at" in doc and "3.3e-6 at 9" in doc
 
 
 def test_unknown_dtype_is_refused_by_name():

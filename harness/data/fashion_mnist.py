@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import catalog
+from .catalog import FASHION_MNIST_CLASSES
 from .images import ImageData
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot"]
 
 
 def _read_idx(path: Path, header: int) -> np.ndarray:
@@ -49,8 +49,6 @@ def read(split: str, root: Path = FASHION_MNIST_DIR) -> ImageData:
 
 def _from_hub(split: str, root: Path) -> ImageData:
     """The hub copy, through the catalog (its files, the Debian README's class names)."""
-    from . import catalog
-
     try:
         data = catalog.load("fashion_mnist", split)
     except FileNotFoundError as e:

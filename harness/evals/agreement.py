@@ -25,7 +25,17 @@ from .. import models
 from ..convert.timm import convert_state_dict, from_timm
 from ..data.photos import image_batch
 from ..infra.suite import ConfigError, Context, Table
-from ..methods.numerics import LOW_PRECISION, capture, cast, compare_gradients, dtype_of, exact_float32, sweep, verdict
+from ..methods.numerics import (
+    LOW_PRECISION,
+    capture,
+    cast,
+    compare_gradients,
+    dtype_of,
+    exact_float32,
+    false_fail_rate,
+    sweep,
+    verdict,
+)
 from ..reference.attention import MultiHeadAttention, online_softmax_attention, scaled_dot_product_attention
 
 # ---------------------------------------------------------------------------------------------------- units
@@ -266,12 +276,12 @@ FAMILIES = {"logits": "model outputs", "image_embedding": "model outputs", "text
             "image_embedding_3way": "model outputs", "block": "blocks", "attention": "attention",
             "loss_terms": "loss", "clip_loss": "loss", "gradients": "gradients", "gradient_stage": "gradients"}
 POWER_NOTE = ("`power`: the relative size of an error in the reference's output (‖δ‖ / ‖output‖) that a row fails "
-              "whatever the error's direction — its tolerance plus the error it measured (harness/numerics.py). A "
-              "family's `max_power` is the largest over its rows: a bug that moves any output of the family by more "
-              "fails its row. `CLIP logits` are the 32×32 image–text logits; `loss` the contrastive loss's "
-              "per-example terms (in the CLIP rows and in agreement_clip_loss); `gradients` every parameter together "
-              "and stage by stage. tests/test_verdicts.py plants errors of twice the power into each family and "
-              "dtype and sees the rows fail.")
+              "whatever the error's direction — its tolerance plus the error it measured "
+              "(harness/methods/numerics.py). A family's `max_power` is the largest over its rows: a bug that moves "
+              "any output of the family by more fails its row. `CLIP logits` are the 32×32 image–text logits; "
+              "`loss` the contrastive loss's per-example terms (in the CLIP rows and in agreement_clip_loss); "
+              "`gradients` every parameter together and stage by stage. tests/test_verdicts.py plants errors of "
+              "twice the power into each family and dtype and sees the rows fail.")
 
 
 def power_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -347,7 +357,10 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     if len(power):
         out.append(Table("agreement_power", power, "The power of each family of verdict row, by dtype",
                          "the smallest relative error each family of agreement row is sure to catch, by dtype "
-                         "(largest power over the family's rows): " + _power_line(power),
+                         "(largest power over the family's rows): " + _power_line(power) + "; the low-precision "
+                         "rule fails a reference exactly as accurate as the library with probability "
+                         f"{false_fail_rate(64):.1e} on 64 elements (its smallest size; harness.methods.numerics."
+                         "false_fail_rate, scipy's F distribution)",
                          ["family", "dtype", "rows", "max_power", "median_power", "failing"], POWER_NOTE))
     attn = df[df["check"] == "attention"].reset_index(drop=True)
     if len(attn):

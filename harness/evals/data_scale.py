@@ -7,7 +7,6 @@ resumes at the first unfinished unit and a rerun with nothing changed trains not
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -70,20 +69,13 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     }, test_rows, y_test.numpy(), ranked, margin)]
 
 
-def _t975(n: int) -> float:
-    """Student's t quantile for a 95% two-sided interval over n seeds (n - 1 degrees of freedom)."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, n - 1))
-
-
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (arch, n), g in runs.groupby(["architecture", "train_images"]):
         acc = g["test_accuracy"].to_numpy()
-        half = _t975(len(acc)) * acc.std(ddof=1) / math.sqrt(len(acc)) if len(acc) > 1 else float("nan")
+        mean, low, high = paired.t_interval(acc)  # Student's t over the seeds
         rows.append({"architecture": arch, "train_images": n, "fraction": g["fraction"].iloc[0], "seeds": len(acc),
-                     "accuracy_mean": acc.mean(), "ci95_low": acc.mean() - half, "ci95_high": acc.mean() + half,
+                     "accuracy_mean": mean, "ci95_low": low, "ci95_high": high,
                      "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
                      "params": g["params"].iloc[0], "flops_per_image": g["flops_per_image"].iloc[0],
                      "steps": g["steps"].iloc[0], "epochs": g["epochs"].iloc[0],

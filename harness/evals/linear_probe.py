@@ -95,7 +95,7 @@ def _probe(encoder: Model, config: dict, ctx: Context, datasets, check_sklearn: 
         sk_top1, _ = sklearn_probe(ftr.features, ftr.labels, fte.features, fte.labels, res.strength)
         row.update(sklearn_top1=sk_top1, sklearn_diff=res.top1 - sk_top1, sklearn_seconds=time.perf_counter() - t2)
     predictions.attach(row, fte.indices, fte.labels, res.ranked, res.margin)
-    return row, res.predictions, (ftr.features, fte.features, fte.labels)
+    return row, res, (ftr.features, fte.features, fte.labels)
 
 
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
@@ -107,18 +107,21 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     for d in map(data.parse, config["datasets"]):
         datasets = _load_data(d, ctx.seed)
         published = config.get("published", {}).get(d.name, {}).get(model_id, {})
-        row, pred, feats = _probe(encoder, config, ctx, datasets)
-        rows.append({**row, "weights": weights, **published})
+        size = {"per_class": d.options["train_per_class"]} if d.options.get("train_per_class") else {}
+        row, res, feats = _probe(encoder, config, ctx, datasets)
+        rows.append({**row, "weights": weights, **size, **published})
         if spec.with_reference:
             # the reference's features equal the library's to round-off: the scikit-learn check is not run again
-            ref_row, ref_pred, ref_feats = _probe(models.reference(encoder), config, ctx, datasets,
-                                                  check_sklearn=False)
+            ref_row, ref_res, ref_feats = _probe(models.reference(encoder), config, ctx, datasets,
+                                                 check_sklearn=False)
             # the reference against the library model it was converted from, image by image
-            labels = feats[2]
-            ref_row.update(paired.agreement(pred, ref_pred, labels))
+            ref_row.update(paired.agreement(res.predictions, ref_res.predictions, feats[2]))
             ref_row["feature_max_rel_diff"] = max(float(np.abs(r - f).max() / np.abs(f).max())
                                                   for r, f in zip(ref_feats[:2], feats[:2]))
-            rows.append({**ref_row, "weights": weights, **published})
+            ref_row.update(paired.agreement_verdict(
+                vars(res), vars(ref_res), ref_row["feature_max_rel_diff"], "feature_max_rel_diff",
+                config.get("autocast")))
+            rows.append({**ref_row, "weights": weights, **size, **published})
     return rows
 
 
@@ -140,7 +143,8 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     df = pd.concat([df, dataset_means(df.assign(task="classification"))], ignore_index=True)
     cols = ["model", "library", "weights", "dataset", "train_images", "test_images", "top1", "top1_ci_low",
             "top1_ci_high", "top5", "mean_per_class_recall", "strength", "sklearn_top1", "sklearn_diff",
-            "prediction_agreement", "predictions_differ", "mcnemar_p", "feature_max_rel_diff", "published_top1",
+            "prediction_agreement", "predictions_differ", "mcnemar_p", "feature_max_rel_diff",
+            "flips_beyond_round_off", "passed", "published_top1",
             "diff_vs_published", "published_source", "skipped_images", "extract_seconds", "probe_seconds"]
     names = ", ".join(data.parse(d).name for d in config["datasets"])
     notes = (f"Linear probe (CLIP paper protocol: L2-regularised logistic regression, L-BFGS, λ chosen on a "
@@ -152,7 +156,10 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
              "feature) lead the probe to the same strength and the same optimum (the final fit converges in "
              "float64 from zero), and an image could differ only where it lies on a decision boundary to within that "
              "round-off — on another CPU or thread count too; `predictions_differ` counts those images and "
-             "`mcnemar_p` is McNemar's exact test on the two models' correctness (1 when none differ). Each row's "
+             "`mcnemar_p` is McNemar's exact test on the two models' correctness (1 when none differ). `passed` (the "
+             "verdict: `run` exits 1 when it is False): feature_max_rel_diff within float32's tolerance, 1e-5, and "
+             "no differing prediction where the library's margin exceeds 2e-5 of the image's largest |logit| "
+             "(`flips_beyond_round_off` counts those: a wrong conversion, not round-off). Each row's "
              "per-image predictions are in its `predictions` file. The scikit-learn check runs on the library's "
              "features only. "
              + config.get("notes", ""))

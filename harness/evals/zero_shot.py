@@ -93,7 +93,7 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
         classifiers[label] = zero_shot_classifier(model, tok, names, temps, device=ctx.device)
         m = classification_metrics(image_features, classifiers[label].cpu(), feats.labels)
         out = {k: m.pop(k) for k in OUTPUTS}
-        preds[label] = out["predictions"]
+        preds[label] = out
         rows.append(predictions.attach(
             {"model": spec["id"], "library": "reference", "task": "classification",
              "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m, **common},
@@ -138,10 +138,18 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
     rows.append(predictions.attach(
         {"model": spec["id"], "library": "open_clip", "task": "classification",
          "templates": f"held-out ({len(held_out)})", "images": len(oc_feats.labels), **m, **common,
-         "classifier_max_abs_diff": (clf_ref - clf_oc).abs().max().item(),
-         **paired.agreement(preds["held-out"], out["predictions"], feats.labels)},
+         "classifier_max_abs_diff": (gap := (clf_ref - clf_oc).abs().max().item()),
+         "feature_max_rel_diff": (drift := _rel_diff(oc_feats.features, feats.features)),
+         **paired.agreement(preds["held-out"]["predictions"], out["predictions"], feats.labels),
+         **paired.agreement_verdict(preds["held-out"], out, max(gap, drift),
+                                    "classifier_max_abs_diff and feature_max_rel_diff", config.get("autocast"))},
         oc_feats.indices, oc_feats.labels, out["ranked"], out["margin"]))
     return rows
+
+
+def _rel_diff(features: np.ndarray, truth: np.ndarray) -> float:
+    """The largest difference of two feature sets over the largest feature (as the linear probe reports it)."""
+    return float(np.abs(features - truth).max() / max(np.abs(truth).max(), 1e-30)) if truth.size else 0.0
 
 
 def zero_shot_sets(config: dict) -> list[data.DataSpec]:
@@ -210,14 +218,15 @@ def _classification_rows(encoders, encoder, tok, ds: data.DataSpec, config: dict
         else "config"
     per_class = ds.options.get("test_per_class")
     idx = balanced_subset(test.labels, per_class, seed=0) if per_class else None
-    rows, preds, classifiers = [], [], []
+    rows, preds, classifiers, image_features = [], [], [], []
     for enc in encoders:
         t0 = time.perf_counter()
         clf = zero_shot_classifier(enc.module, tok, names, temps, device=ctx.device)
         feats = _features(enc.encode_image, test, enc.transform, idx, enc.id, enc.weights, config, ctx, enc.id)
         m = classification_metrics(torch.from_numpy(feats.features), clf.cpu(), feats.labels)
         out = {k: m.pop(k) for k in OUTPUTS}
-        preds.append(out["predictions"])
+        preds.append(out)
+        image_features.append(feats.features)
         ranked = out["ranked"]
         if dc:  # the task's main metric, as DataComp computes it (harness.methods.task_metrics)
             meta = np.asarray(test.dataset.select_columns(["metadata"])[feats.indices]["metadata"]) if dc.group \
@@ -236,8 +245,12 @@ def _classification_rows(encoders, encoder, tok, ds: data.DataSpec, config: dict
         rows[0]["classifier_max_abs_diff"] = (classifiers[0] - open_clip.build_zero_shot_classifier(
             encoder.module, tok, names, temps, device=ctx.device)).abs().max().item()
     if len(rows) == 2:  # the reference twin against the model it was converted from
-        rows[1]["classifier_max_abs_diff"] = (classifiers[1] - classifiers[0]).abs().max().item()
-        rows[1].update(paired.agreement(preds[0], preds[1], labels))
+        rows[1]["classifier_max_abs_diff"] = gap = (classifiers[1] - classifiers[0]).abs().max().item()
+        rows[1]["feature_max_rel_diff"] = drift = _rel_diff(image_features[1], image_features[0])
+        rows[1].update(paired.agreement(preds[0]["predictions"], preds[1]["predictions"], labels))
+        rows[1].update(paired.agreement_verdict(preds[0], preds[1], max(gap, drift),
+                                                "classifier_max_abs_diff and feature_max_rel_diff",
+                                                config.get("autocast")))
     return rows
 
 
@@ -370,9 +383,9 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     recall = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in RECALL_KS]
     cols = ["model", "library", "weights", "dataset", "task", "templates", "images", "top1", "top5",
             "mean_per_class_recall", *recall, "mean_R@1", "chance_R@1", "datacomp_metric", "main_metric",
-            "jaccard_all", "distinct_captions", "temperature", "classifier_max_abs_diff", "prediction_agreement",
-            "predictions_differ", "mcnemar_p", "published_top1", "published_metric", "diff_vs_published", "datasets",
-            "final_loss", "train_seconds"]
+            "jaccard_all", "distinct_captions", "temperature", "classifier_max_abs_diff", "feature_max_rel_diff",
+            "prediction_agreement", "predictions_differ", "mcnemar_p", "flips_beyond_round_off", "passed",
+            "published_top1", "published_metric", "diff_vs_published", "datasets", "final_loss", "train_seconds"]
     if any(_own(models.parse(m), config) for m in config["models"]):
         t = config["train"]
         notes = (
@@ -392,13 +405,18 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
             "same weights in an open_clip CLIP; classifier_max_abs_diff compares open_clip's "
             "build_zero_shot_classifier with harness.zero_shot_classifier, prediction_agreement the predicted "
             "class image by image (predictions_differ: how many differ; mcnemar_p: McNemar's exact test on the "
-            "two models' correctness). The full profile measures pretrained open_clip weights on ImageNet "
-            "validation with open_clip's 1,000 class names and OpenAI's 80 templates, beside open_clip's "
-            "published top-1.")
+            "two models' correctness); `passed` (the verdict: `run` exits 1 when it is False): the classifiers "
+            "and the image features (feature_max_rel_diff) within float32's tolerance, 1e-5, and no "
+            "differing prediction where the margin exceeds 2e-5 of the "
+            "image's largest |logit| (flips_beyond_round_off: a wrong conversion, not round-off). The full profile "
+            "measures pretrained open_clip weights on ImageNet validation with open_clip's 1,000 class names and "
+            "OpenAI's 80 templates, beside open_clip's published top-1.")
     else:
         notes = ("Zero-shot ImageNet classification with open_clip's class names and OpenAI's 80 templates; "
                  "published_top1 from " + config.get("published_source", "") + ". The reference row is the "
-                 "reference CLIP converted from the same weights (prediction_agreement: image by image).")
+                 "reference CLIP converted from the same weights (prediction_agreement: image by image; `passed`: "
+                 "the classifiers and image features within float32's tolerance, 1e-5, and no prediction differing "
+                 "where the margin exceeds 2e-5 of the image's largest |logit|).")
     if "datacomp_task" in df and df["datacomp_task"].notna().any():
         notes += (" DataComp's tasks (harness.data.datacomp): main_metric is each task's main metric as DataComp's "
                   "eval_utils compute it (tests/test_datacomp_parity.py runs CLIP_benchmark's and WILDS' own code on "

@@ -5,9 +5,10 @@ its five highest-scoring classes (best first) and the score margin between the f
 off the rows before the tables are built (`write`): each row's go to results/predictions/<suite>/<id>.parquet,
 written atomically, and the row's `predictions` column names that file (relative to the results folder).
 
-<id> is a hash of what the row evaluates — suite, table fields such as model, library, dataset, templates,
-architecture, training-set size, seed — and not of the weights or the code, so the same row of two runs (a new
-checkpoint, a new data pipeline, a new torch) has the same file name in both folders: `python -m harness diff`
+<id> is a hash of what the row evaluates — suite, model, library, the declared weights ("random", a tag,
+"trained (...)", or "file" for any checkpoint file), data set, task, templates, architecture, configured size, seed —
+never a measured count, nor the weights' bytes or the code, so the same row of two runs (a new checkpoint, a
+retrained model, a new data pipeline, a new torch) has the same file name in both folders: `python -m harness diff`
 pairs them by it.
 """
 
@@ -25,8 +26,8 @@ from .results import stable_hash
 KEY = "_predictions"  # the row key the evaluators fill and the runner takes off
 FOLDER = "predictions"
 # the row fields that say what a row evaluates (those present are hashed into its id)
-ID_FIELDS = ("model", "library", "dataset", "task", "templates", "architecture", "train_images", "per_class", "seed",
-             "dtype")
+# (declared, never measured: a count of images read would turn one skipped image into another row)
+ID_FIELDS = ("model", "library", "weights", "dataset", "task", "templates", "architecture", "per_class", "seed")
 
 
 def attach(row: dict, index, label, ranked, margin) -> dict:
@@ -46,8 +47,22 @@ def margins(scores) -> tuple[np.ndarray, np.ndarray]:
     return order, (top[:, 0] - top[:, 1]) if s.shape[1] > 1 else np.zeros(len(s))
 
 
+WEIGHT_FILES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+def weights_identity(weights) -> str:
+    """What a row's declared weights say it evaluates: "random", a pretrained tag, "trained (...)" — or "file" for a
+    checkpoint file, whichever file: the same row of two runs that load two checkpoints pairs up (diff then compares
+    the two fixed models image by image, and says their hashes differ)."""
+    w = str(weights)
+    return "file" if "/" in w or w.endswith(WEIGHT_FILES) else w
+
+
 def row_id(suite: str, row: dict) -> str:
-    return stable_hash({"suite": suite, **{k: row[k] for k in ID_FIELDS if k in row and row[k] == row[k]}})
+    fields = {k: row[k] for k in ID_FIELDS if k in row and row[k] == row[k]}
+    if "weights" in fields:
+        fields["weights"] = weights_identity(fields["weights"])
+    return stable_hash({"suite": suite, **fields})
 
 
 def frame(p: dict) -> pd.DataFrame:

@@ -50,13 +50,13 @@ def zero_shot_classifier(model, tokenizer: Callable, classnames: Sequence[str],
     return torch.cat(columns, dim=1)
 
 
-OUTPUTS = ("predictions", "ranked", "margin")  # classification_metrics' per-image arrays
+OUTPUTS = ("predictions", "ranked", "margin", "scale")  # classification_metrics' per-image arrays
 
 
 def classification_metrics(image_features: torch.Tensor, classifier: torch.Tensor, labels: np.ndarray) -> dict:
     """top-1, top-5 (%) and mean per-class recall (%) of logits = 100 · normalise(image) · classifier; the top-1
     predictions, the top-5 ranked ones and the margin between the two highest logits ("predictions", "ranked",
-    "margin": arrays, for the caller to pop: OUTPUTS)."""
+    "margin", "scale" (the image's largest |logit|): arrays, for the caller to pop: OUTPUTS)."""
     logits = 100.0 * F.normalize(image_features.float(), dim=-1) @ classifier.float().to(image_features.device)
     labels_t = torch.as_tensor(labels, device=logits.device)
     k = min(5, logits.shape[1])
@@ -67,7 +67,8 @@ def classification_metrics(image_features: torch.Tensor, classifier: torch.Tenso
             "top5": 100.0 * (top == labels_t[:, None]).any(dim=1).float().mean().item(),
             "mean_per_class_recall": 100.0 * float(np.mean(recalls)),
             "predictions": pred.cpu().numpy(), "ranked": top.cpu().numpy(),
-            "margin": (values[:, 0] - values[:, 1]).cpu().numpy() if k > 1 else np.zeros(len(pred))}
+            "margin": (values[:, 0] - values[:, 1]).cpu().numpy() if k > 1 else np.zeros(len(pred)),
+            "scale": logits.abs().amax(dim=1).cpu().numpy()}
 
 
 def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, text_to_image: np.ndarray,

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import paired
+
 
 @dataclass
 class ProbeResult:
@@ -28,6 +30,7 @@ class ProbeResult:
     predictions: np.ndarray  # test predictions, for image-by-image comparisons
     ranked: np.ndarray | None = None  # (N, ≤5) classes by test logit, best first
     margin: np.ndarray | None = None  # (N,) best logit − second best
+    scale: np.ndarray | None = None  # (N,) the largest |logit|: the size round-off is relative to
     sweep: dict[float, float] = field(default_factory=dict)  # λ -> validation top-1
     iterations: int = 0
 
@@ -123,10 +126,10 @@ def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 
 def bootstrap_ci(correct: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
-    """95% percentile interval of the accuracy, resampling the test set with replacement."""
-    rng = np.random.default_rng(seed)
-    samples = correct[rng.integers(0, len(correct), size=(n, len(correct)))].mean(1) * 100
-    return float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))
+    """95% percentile interval of the accuracy (%), resampling the test set with replacement
+    (harness.methods.paired.bootstrap_interval)."""
+    _, lo, hi = paired.bootstrap_interval(np.asarray(correct, np.float64) * 100, reps=n, seed=seed)
+    return lo, hi
 
 
 def linear_probe(
@@ -202,7 +205,8 @@ def linear_probe(
     recalls = [correct[test_y == c].mean() for c in np.unique(test_y)]
     return ProbeResult(top1=float(correct.mean() * 100), top5=top5, mean_per_class_recall=float(np.mean(recalls) * 100),
                        strength=best, top1_ci=bootstrap_ci(correct, seed), predictions=pred.cpu().numpy(),
-                       ranked=ranked.cpu().numpy(), margin=margin.cpu().numpy(), sweep=sweep, iterations=iters)
+                       ranked=ranked.cpu().numpy(), margin=margin.cpu().numpy(),
+                       scale=logits.abs().amax(dim=1).cpu().numpy(), sweep=sweep, iterations=iters)
 
 
 def sklearn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,

@@ -124,7 +124,6 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: 
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """The model's logits for every image, a batch at a time, in eval mode."""
     model.eval()

@@ -16,7 +16,6 @@ Tables: results/bench_models.*, results/bench_attention.{csv,md,png}, results/be
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..infra import results
+from .args import Parser
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..infra.runner import resolve_device
     from ..infra.suite import ConfigError
 
-    p = argparse.ArgumentParser(prog="python -m harness bench", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m harness bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: cuda when present)")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                    help="default: float32 on CPU, bfloat16 on a GPU")

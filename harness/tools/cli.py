@@ -16,10 +16,11 @@ from pathlib import Path
 from ..infra import distributed, memory, runner
 from ..infra.suite import ConfigError, known_keys, parse_assignments
 from ..methods.numerics import DTYPES
+from .args import Parser
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    p = Parser(prog="python -m harness", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("list", help="list the declared suites and what each measures")

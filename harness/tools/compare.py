@@ -520,14 +520,14 @@ def compare(candidate: nn.Module, library, mapping=None, inputs: dict | None = N
                             "stage": name, "candidate_stage": cand_of.get(name, pre_cand.get(name, name)),
                             "dtype": dtype, "backend": backend}
                     if c is None:
-                        rows.append({**base, "result": "not comparable",
-                                     "note": "no candidate output of the library's layout"})
+                        rows.append({**base, "result": "not judged",
+                                     "note": "not comparable: no candidate output of the library's layout"})
                         continue
                     low = dtype in LOW_PRECISION
                     if low and lib_out[name].numel() < MIN_ELEMENTS:
-                        rows.append({**base, "result": "too few elements",
-                                     "note": f"{lib_out[name].numel()} elements; a verdict against the float64 truth "
-                                             f"needs {MIN_ELEMENTS}: pass more inputs"})
+                        rows.append({**base, "result": "not judged",
+                                     "note": f"too few elements: {lib_out[name].numel()}; a verdict against the "
+                                             f"float64 truth needs {MIN_ELEMENTS}: pass more inputs"})
                         continue
                     r = verdict(dtype, c, lib_out[name], truth[name] if low else None)
                     rows.append({**base, **r, "result": "pass" if r["passed"] else "fail"})
@@ -670,10 +670,11 @@ def _candidate(name: str, library: nn.Module) -> nn.Module:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     import json
 
-    p = argparse.ArgumentParser(prog="python -m harness compare", description=__doc__.splitlines()[0])
+    from .args import Parser
+
+    p = Parser(prog="python -m harness compare", description=__doc__.splitlines()[0])
     p.add_argument("--candidate", required=True, help="python:MODULE:FACTORY returning your nn.Module (called with no "
                                                       "argument, or with the library model if it takes one)")
     p.add_argument("--library", required=True, help="a harness.models name: timm:NAME or open_clip:ARCH (random "
@@ -687,9 +688,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-failures", action="store_true",
                    help="exit 0 even when a stage or a gradient departs (by default: exit 1)")
     args = p.parse_args(argv)
-    library = _library_model(args.library, json.loads(args.library_kwargs))
+    from ..infra.suite import ConfigError
+    from ..methods.numerics import BACKENDS, DTYPES
+
+    try:
+        kwargs = json.loads(args.library_kwargs)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--library-kwargs {args.library_kwargs!r}: not JSON ({e.msg} at character {e.pos}); "
+                          "give an object such as '{\"img_size\": 64}'") from None
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"--library-kwargs {args.library_kwargs!r}: a JSON object of keyword arguments")
+    for dtype in args.dtypes or ():
+        if dtype not in DTYPES:
+            raise ConfigError(f"--dtype {dtype}: unknown dtype; choose from {', '.join(DTYPES)}")
+    for backend in args.backends or ():
+        if backend not in BACKENDS:
+            raise ConfigError(f"--backend {backend}: unknown SDPA backend; choose from {', '.join(BACKENDS)}")
+    from .. import models
+
+    models.check(args.library)
+    models.check(args.candidate)
+    library = _library_model(args.library, kwargs)
     candidate = _candidate(args.candidate, library)
-    mapping = _load_object(args.mapping) if args.mapping else None
+    try:
+        mapping = _load_object(args.mapping) if args.mapping else None
+    except (ValueError, ImportError, AttributeError) as e:
+        raise ConfigError(f"--mapping {args.mapping!r}: {e} (expected pkg.module:name of a dict or a "
+                          "callable)") from None
     report = compare(candidate, library, mapping, dtypes=tuple(args.dtypes or ("float64", "float32")),
                      backends=args.backends)
     print(report.summary)

@@ -13,7 +13,6 @@ results/gpu/bench_models.csv; image towers only). Where no GPU rate was measured
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 import time
@@ -24,6 +23,7 @@ import pandas as pd
 import torch
 
 from ..infra import results
+from .args import Parser
 from .bench import decode_rate
 
 TRAIN, VAL, CLASSES = 1_281_167, 50_000, 1000
@@ -149,6 +149,9 @@ def read_bench_table(path: Path) -> tuple[pd.DataFrame, str]:
     if not path.is_relative_to(own) or path.suffix != ".csv":
         raise ConfigError(f"--gpu-bench {path}: the GPU rates must come from a bench_models.csv under {own} "
                           "(written by python -m harness gpu-check or bench --device cuda in this repository)")
+    if not path.is_file():
+        raise ConfigError(f"--gpu-bench {path}: no such file (python -m harness gpu-check writes "
+                          "results/gpu/bench_models.csv on a GPU)")
     df = pd.read_csv(path)
     return df, str(df["device"].iloc[0])
 
@@ -308,12 +311,14 @@ def write(out: Path, quick: bool = False, gpu_bench: Path | None = None) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness plan", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m harness plan", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=results.REPO_ROOT / "results")
     p.add_argument("--gpu-bench", type=Path, default=GPU_BENCH if GPU_BENCH.exists() else None,
                    help="a bench_models.csv under results/ written on a GPU by this repository (default: "
                         "results/gpu/bench_models.csv when it exists)")
     p.add_argument("--quick", action="store_true", help="fewer models and sizes (a smoke run)")
     args = p.parse_args(argv)
+    if args.gpu_bench is not None:
+        read_bench_table(args.gpu_bench)  # refused before any measurement: not this repository's, or no such file
     print(f"plan -> {write(args.out, args.quick, args.gpu_bench)}")
     return 0

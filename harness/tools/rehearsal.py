@@ -19,7 +19,6 @@ and DIR/overrides.json points each suite's full profile at the tree and the file
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import time
@@ -236,8 +235,9 @@ def write_checkpoints(root: Path, assignments: dict, imagenet_dir: Path, suites:
 
 def main(argv: list[str] | None = None) -> int:
     from ..infra.suite import parse_assignments
+    from .args import Parser
 
-    p = argparse.ArgumentParser(prog="python -m harness rehearsal", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m harness rehearsal", description=__doc__.splitlines()[0])
     p.add_argument("dir", type=Path, help="where the tree, the weights and overrides.json are written")
     p.add_argument("--classes", type=int, default=1000, help="how many of ImageNet's classes (the first N)")
     p.add_argument("--train-per-class", type=int, default=2)
