@@ -133,7 +133,7 @@ def test_retrained_models_are_compared_by_seed_not_by_image(tmp_path, capsys):
     assert cli.main(["diff", str(a), str(b), "--fail-if-worse", "--out", str(tmp_path / "d")]) == 0
     d = pd.read_csv(tmp_path / "d" / "diff.csv")
     assert len(d) == 2 and (d.unit == "seeds").all() and d.test.str.startswith("paired t over 3 seeds").all()
-    assert (d.seeds == "0,1,2 | 0,1,2").all() and (d.verdict == "no significant change").all()
+    assert (d.seeds == "0,1,2 vs 0,1,2").all() and (d.verdict == "no significant change").all()
     # the same two runs image by image (named rows, seed 0 against seed 1 of A): inconclusive, not "B worse"
     row = {r["seed"]: i for i, r in enumerate(written) if r["architecture"] == "vit_reference"}
     ab = predictions.correct(pd.read_parquet(a / written[row[0]]["predictions"]))
@@ -155,7 +155,7 @@ def test_retrained_models_are_compared_by_seed_not_by_image(tmp_path, capsys):
     _trained_run(w, shift=3, seeds=(3, 4, 5, 6))
     assert cli.main(["diff", str(a), str(w), "--fail-if-worse", "--out", str(tmp_path / "f")]) == 0
     f = pd.read_csv(tmp_path / "f" / "diff.csv")
-    assert f.test.str.startswith("Welch t (3 vs 4 seeds)").all() and (f.seeds == "0,1,2 | 3,4,5,6").all()
+    assert f.test.str.startswith("Welch t (3 vs 4 seeds)").all() and (f.seeds == "0,1,2 vs 3,4,5,6").all()
     # a configuration B lost: the gate fails
     lost = tmp_path / "lost"
     lost.mkdir()

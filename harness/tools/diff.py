@@ -130,7 +130,7 @@ def compare_seeds(a: list[tuple[int, Path]], b: list[tuple[int, Path]], alpha: f
     if refused:
         return {**refused, "refused": refused["refused"]}
     r = paired.seed_test(acc["a"], acc["b"], [s for s, _ in a], [s for s, _ in b], level=1 - alpha)
-    seeds = f"{','.join(str(s) for s, _ in sorted(a))} | {','.join(str(s) for s, _ in sorted(b))}"
+    seeds = f"{','.join(str(s) for s, _ in sorted(a))} vs {','.join(str(s) for s, _ in sorted(b))}"
     if r["test"] == "none":
         return {**r, "unit": "seeds", "seeds": seeds, "verdict": INCONCLUSIVE, "p_worse": np.nan, "p_better": np.nan,
                 "test": "none: the training noise of the configuration is unknown with one run a side"}
@@ -214,7 +214,7 @@ def verdicts(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
     df = df.copy()
     for col in ("p_worse", "p_better", "verdict", "refused"):
         if col not in df:
-            df[col] = np.nan if col.startswith("p_") else None
+            df[col] = np.nan if col.startswith("p_") else pd.Series(np.nan, index=df.index, dtype=object)
     tested = df["refused"].isna() & df["p_worse"].notna()
     df["p_worse_holm"] = paired.holm(df["p_worse"].where(tested).to_numpy(np.float64))
     df["p_better_holm"] = paired.holm(df["p_better"].where(tested).to_numpy(np.float64))
