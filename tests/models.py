@@ -63,3 +63,14 @@ class TinyCLIP(nn.Module):
 
 def tiny_clip(dim: int = 16) -> nn.Module:
     return TinyCLIP(dim)
+
+
+class PlainCLIP(TinyCLIP):
+    """A CLIP-like model that says nothing of its preprocessing (no data_config): timm's 224-pixel defaults."""
+
+    data_config = None
+
+
+def plain_clip(dim: int = 16) -> nn.Module:
+    return PlainCLIP(dim)
+

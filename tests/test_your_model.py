@@ -80,6 +80,9 @@ def test_your_model_resolves_with_its_own_preprocessing_and_tokenizer():
     assert encoder.encode_image(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
     clip = models.resolve({"model": "python:tests.models:tiny_clip", "kwargs": {"dim": 8}})
     assert clip.clip_like and clip.encode_text(clip.tokenizer(["a cat"])).shape == (1, 8)
+    # a CLIP-like model that says nothing of its preprocessing: timm's 224-pixel defaults (README), in zero_shot too
+    plain = models.resolve("python:tests.models:plain_clip")
+    assert plain.clip_like and plain.input_size == (3, 224, 224) and plain.transform(image).shape == (3, 224, 224)
     with pytest.raises(ConfigError, match="cannot be imported"):
         models.check("python:no_such_module:build")
     with pytest.raises(ConfigError, match="has no callable 'nope'"):

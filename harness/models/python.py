@@ -60,7 +60,8 @@ def data_config(module: torch.nn.Module, spec: ModelSpec) -> dict:
     import timm.data
 
     given = {**(getattr(module, "data_config", None) or {}), **(spec.data_cfg or {})}
-    return timm.data.resolve_data_config(given)
+    # nothing given: timm's defaults, a 224-pixel input (resolve_data_config refuses an empty dict)
+    return timm.data.resolve_data_config(given or {"input_size": (3, 224, 224)})
 
 
 def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cache_dir=None) -> Model:
