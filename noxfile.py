@@ -37,7 +37,7 @@ def _python(session: nox.Session) -> str:
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(VENV), external=True)
     if not STAMP.exists() or STAMP.read_text() != want:
-        session.run(str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]", external=True)
+        session.run(str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test,hf]", external=True)
         session.run(str(python), "-m", "pip", "install", "-q", "--no-deps", *PEERS_NO_DEPS, external=True)
         STAMP.write_text(want)
     else:

@@ -1,4 +1,5 @@
-"""Agreement: the reference ViT, CLIP and attention against timm, open_clip and torch, on the same weights.
+"""Agreement: the reference ViT, CLIP and attention against timm, open_clip, transformers and torch, on the same
+weights; the reference CLIP and SigLIP losses against open_clip's.
 
 Run:    nox -s eval -- agreement          (python -m harness run agreement --profile default)
 Expect: every float32 row passes (relative error <= 1e-5) and every float64 row (<= 1e-12); the bfloat16/float16
@@ -10,7 +11,7 @@ Tables: results/agreement.{csv,md}, agreement_blocks.{csv,md}, agreement_attenti
 """
 
 NAME = "agreement"
-VERSION = 2
+VERSION = 3  # 3: transformers CLIPModel / ViTModel rows, SigLIP loss rows
 EVALUATOR = "agreement"
 
 # The timm VisionTransformer configurations the converter covers (issue 2 lists them).
@@ -37,6 +38,16 @@ CAPTIONS = ["a photo of an astronaut.", "a photo of a cat.", "a cup of coffee.",
     template.format(thing) for template in ("a photo of a {}.", "a drawing of a {}.")
     for thing in ("dog", "car", "bird", "ship", "horse", "truck", "frog", "deer", "tree", "house", "boat", "chair",
                   "clock")]
+
+
+# transformers configs of two small models (the kwargs of "hf:CLIPModel" / "hf:ViTModel"): open_clip ViT-S-32's
+# sizes as a CLIPModel (embed 384, both towers 384 wide, 12 layers, 6 heads), and DeiT-Ti/16's as a ViTModel
+HF_CLIP_S32 = {"projection_dim": 384,
+               "vision_config": {"hidden_size": 384, "intermediate_size": 1536, "num_attention_heads": 6,
+                                 "patch_size": 32, "hidden_act": "gelu"},
+               "text_config": {"hidden_size": 384, "intermediate_size": 1536, "num_attention_heads": 6,
+                               "hidden_act": "gelu"}}
+HF_VIT_TI16 = {"hidden_size": 192, "intermediate_size": 768, "num_attention_heads": 3}
 
 
 def get_config(profile: str) -> dict:
@@ -79,9 +90,23 @@ def get_config(profile: str) -> dict:
         # (a fixed tolerance) need no more than the first few inputs
         "gradient_pairs": 3,
         "three_way_images": 3,
-        "loss": {"batch_sizes": [2, 8, 64, 512], "logit_scales": [1.0, 14.3, 100.0], "dim": 512,
-                 "min_terms": 64, "tol": {"float32": 1e-6}},
+        # SigLIP's sigmoid loss too, at its initial bias (−10, with t = 10: Zhai et al., 2023, section 3.1) and 0
+        "loss": {"batch_sizes": [2, 8, 64, 512], "logit_scales": [1.0, 14.3, 100.0], "logit_biases": [-10.0, 0.0],
+                 "dim": 512, "min_terms": 64, "tol": {"float32": 1e-6}},
     }
+    # transformers' CLIPModel and ViTModel against the reference converted from them (harness.convert.hf), random
+    # weights of the published architectures: CLIPModel's and ViTModel's default configs are openai/clip-vit-base-
+    # patch32's (QuickGELU) and google/vit-base-patch16-224's; the S/32 CLIP (open_clip ViT-S-32's sizes) and the
+    # Ti/16 ViT are small enough for low precision on a CPU. The CLIP rows take the CLIP rows' photos and captions.
+    config["hf"] = {
+        "models": [{"model": "hf:CLIPModel", "id": "hf-clip-b32"},
+                   {"model": "hf:CLIPModel", "id": "hf-clip-s32", "kwargs": HF_CLIP_S32},
+                   {"model": "hf:ViTModel", "id": "hf-vit-b16"},
+                   {"model": "hf:ViTModel", "id": "hf-vit-ti16", "kwargs": HF_VIT_TI16}],
+        "gradient_models": [{"model": "hf:CLIPModel", "id": "hf-clip-s32", "kwargs": HF_CLIP_S32},
+                            {"model": "hf:ViTModel", "id": "hf-vit-ti16", "kwargs": HF_VIT_TI16}],
+    }
+    config["cpu_low_precision_models"] += ["hf-clip-s32", "hf-vit-ti16"]
     if profile == "full":  # pretrained weights (Hugging Face cache), more inputs; GPU-sized
         config.update(weights="pretrained", photos=["astronaut", "chelsea", "coffee", "rocket", "china", "flower"],
                       random_inputs=2)
@@ -94,4 +119,10 @@ def get_config(profile: str) -> dict:
             timm_towers={"ViT-B-32/openai": "timm:vit_base_patch32_clip_224",
                          "ViT-B-16/openai": "timm:vit_base_patch16_clip_224"},
             photos=["astronaut", "chelsea", "coffee", "rocket", "china", "flower"], random_inputs=26)
+        # the published transformers checkpoints (hub ids, from the Hugging Face cache): OpenAI's CLIPs
+        # (QuickGELU), LAION's (GELU), Google's ViTs (the classifier's checkpoint read as its ViTModel)
+        config["hf"] = {"models": ["hf:openai/clip-vit-base-patch32", "hf:openai/clip-vit-base-patch16",
+                                   "hf:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "hf:google/vit-base-patch16-224",
+                                   "hf:google/vit-base-patch16-224-in21k"],
+                        "gradient_models": ["hf:openai/clip-vit-base-patch32"]}
     return config

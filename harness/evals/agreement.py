@@ -1,12 +1,13 @@
-"""Numerical agreement of the reference implementations with timm and torch (rules: harness.methods.numerics).
+"""Numerical agreement of the reference implementations with timm, open_clip, transformers and torch (rules:
+harness.methods.numerics).
 
 Tolerances (relative error ‖ref − lib‖ / ‖lib‖), from harness.methods.numerics:
   float64 ≤ 1e-12, float32 ≤ 1e-5 (outputs and every stage);
   bfloat16 / float16, and float32 gradients: the reference's error against a float64 ground truth (the library
   run in float64) is at most 2 w(n) × the library's own, the library's error floored at the dtype's unit
   roundoff u = eps/2 (FlashAttention's 2× rule, made sound for small outputs: w(n) = sqrt(F⁻¹(0.999; n, n)) is
-  how far one n-element error norm exceeds another of equal spread by chance — 1.01 for a block's output, 1.16
-  for a 32×32 logits matrix, 1.47 for 64 elements, the fewest any such row judges). The contrastive loss is
+  how far one n-element error norm exceeds another of equal spread by chance — 1.01 for a block's output, 1.10
+  for a 32×32 logits matrix, 1.48 for 64 elements, the fewest any such row judges). The contrastive loss is
   judged by its per-example terms (2 per image–text pair, 32 pairs), gradients over all parameters and stage by
   stage. `tolerance` holds each row's bound, `power` the relative error of the reference's output the row
   fails whatever its direction (tolerance + the error measured). On a GPU, TF32 is off on both sides.
@@ -48,7 +49,7 @@ def unit_cost(unit: str, config: dict) -> float:
     """A rough cost in seconds on one CPU core, for ordering units only (the runner starts long ones first): the
     CLIP units (both towers, low precision on a CPU) ~60 s, a ViT ~20 s, the rest a few seconds."""
     kind = unit.partition(":")[0]
-    return {"clip": 60.0, "clip_gradients": 30.0, "model": 20.0, "attention": 30.0}.get(kind, 5.0)
+    return {"clip": 60.0, "clip_gradients": 30.0, "model": 20.0, "attention": 30.0, "hf": 30.0}.get(kind, 5.0)
 
 def _specs(config: dict) -> dict[str, dict[str, models.ModelSpec]]:
     """The suite's models by list and id (harness.models names; the ViTs' default weights: config["weights"])."""
@@ -63,7 +64,9 @@ def _specs(config: dict) -> dict[str, dict[str, models.ModelSpec]]:
     if unknown:
         raise ConfigError(f"clip.timm_towers names {', '.join(unknown)}: its keys are ids of models in clip.models "
                           f"({', '.join(clip_models) or 'none'})")
+    hf = config.get("hf") or {}
     return {"model": by_id(config["models"], config.get("weights")),
+            "hf": by_id(hf.get("models", [])), "hf_gradients": by_id(hf.get("gradient_models", [])),
             "gradients": by_id(config.get("gradient_models", []), config.get("weights")),
             "clip": clip_models, "clip_gradients": by_id(clip.get("gradient_models", [])),
             "clip_timm": {k: clip_models[k] for k in towers}, "timm_towers": towers}
@@ -78,6 +81,7 @@ def units(config: dict, ctx: Context) -> list[str]:
     out += [f"clip:{m}" for m in specs["clip"]]
     out += [f"clip_gradients:{m}" for m in specs["clip_gradients"]]
     out += [f"clip_timm:{m}={t.id}" for m, t in specs["timm_towers"].items()]
+    out += [f"hf:{m}" for m in specs["hf"]] + [f"hf_gradients:{m}" for m in specs["hf_gradients"]]
     return out
 
 
@@ -87,11 +91,12 @@ def validate(config: dict, ctx: Context) -> None:
     for dtype in config["dtypes"]:
         dtype_of(dtype)
     specs = _specs(config)
-    for kind in ("model", "gradients", "clip", "clip_gradients", "clip_timm"):
+    for kind in ("model", "gradients", "clip", "clip_gradients", "clip_timm", "hf", "hf_gradients"):
         for spec in specs[kind].values():
             if not models.has_reference(spec):
                 raise ConfigError(f"agreement compares a model with the reference converted from it: "
-                                  f"{spec.string} has no converter (timm's and open_clip's ViTs have)")
+                                  f"{spec.string} has no converter (timm's and open_clip's ViTs, transformers' "
+                                  "CLIPModel and ViTModel have)")
             models.check(spec)
     for spec in specs["timm_towers"].values():
         models.check(spec)
@@ -114,6 +119,12 @@ def _run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     name, _, timm_name = name.partition("=")
     specs = _specs(config)
     spec = specs[kind][name]
+    if kind.startswith("hf"):
+        from . import agreement_hf
+
+        hf = {**config, **(config.get("clip") or {}), **config["hf"]}
+        rows = (agreement_hf.model_rows if kind == "hf" else agreement_hf.gradient_rows)(spec, hf, ctx, dtypes)
+        return [{"model": name, "weights": spec.weights, **r} for r in rows]
     if kind.startswith("clip"):
         from . import agreement_clip
 
@@ -272,9 +283,10 @@ def _result(df: pd.DataFrame) -> pd.Series:
     return result.where(df["result"] != "skipped", "skipped") if "result" in df else result
 
 
-FAMILIES = {"logits": "model outputs", "image_embedding": "model outputs", "text_embedding": "model outputs",
-            "image_embedding_3way": "model outputs", "block": "blocks", "attention": "attention",
-            "loss_terms": "loss", "clip_loss": "loss", "gradients": "gradients", "gradient_stage": "gradients"}
+FAMILIES = {"logits": "model outputs", "features": "model outputs", "image_embedding": "model outputs",
+            "text_embedding": "model outputs", "image_embedding_3way": "model outputs", "block": "blocks",
+            "attention": "attention", "loss_terms": "loss", "clip_loss": "loss", "siglip_loss": "loss",
+            "gradients": "gradients", "gradient_stage": "gradients"}
 POWER_NOTE = ("`power`: the relative size of an error in the reference's output (‖δ‖ / ‖output‖) that a row fails "
               "whatever the error's direction — its tolerance plus the error it measured "
               "(harness/methods/numerics.py). A family's `max_power` is the largest over its rows: a bug that moves "
@@ -290,7 +302,7 @@ def power_summary(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     judged = df[df["power"].notna()].copy()
     family = judged["check"].map(FAMILIES)
-    clip_logits = (judged["check"] == "logits") & judged["unit"].astype(str).str.startswith("clip:")
+    clip_logits = (judged["check"] == "logits") & judged["unit"].astype(str).str.startswith(("clip:", "hf:"))
     judged["family"] = family.where(~clip_logits, "CLIP logits")
     order = {d: i for i, d in enumerate(("float64", "float32", "bfloat16", "float16"))}
     g = judged.groupby(["family", "dtype"], sort=False)
@@ -331,12 +343,14 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     df["result"] = _result(df) if "passed" in df else "skipped"
     note = __doc__.split("\n", 2)[2]
     out = []
-    main = df[~df["check"].isin(["block", "gradient_stage", "attention", "clip_loss"])].reset_index(drop=True)
+    main = df[~df["check"].isin(["block", "gradient_stage", "attention", "clip_loss", "siglip_loss"])]
+    main = main.reset_index(drop=True)
     cols = ["model", "weights", "library", "check", "dtype", "backend", "n_inputs", "n_elements", "max_abs",
             "rel_err", "cosine", "top1_agree", "rule", "power", "result", "first_failing_stage", "worst_param",
             "worst_param_rel_err"]
-    out.append(Table("agreement", main, "Agreement: reference ViT and CLIP vs timm and open_clip",
-                     "reference ViT vs timm and reference CLIP vs open_clip (and timm's CLIP towers): outputs, "
+    out.append(Table("agreement", main, "Agreement: reference ViT and CLIP vs timm, open_clip and transformers",
+                     "reference ViT vs timm and reference CLIP vs open_clip (and timm's CLIP towers), both vs "
+                     "transformers' ViTModel and CLIPModel: outputs, "
                      "loss terms and gradients per dtype and attention backend",
                      _present(main, cols), note))
     blocks = df[df["check"].isin(["block", "gradient_stage"])].reset_index(drop=True)
@@ -346,12 +360,15 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
                          "library, and the parameter gradients of each stage",
                          _present(blocks, ["model", "library", "check", "dtype", "backend", "stage", "n_elements",
                                            "max_abs", "rel_err", "cosine", "rule", "power", "result"]), note))
-    loss = df[df["check"] == "clip_loss"].reset_index(drop=True)
+    loss = df[df["check"].isin(["clip_loss", "siglip_loss"])].reset_index(drop=True)
     if len(loss):
-        out.append(Table("agreement_clip_loss", loss, "harness.clip_loss vs open_clip's ClipLoss",
-                         "the symmetric contrastive loss vs open_clip's ClipLoss, batch sizes × logit scales, judged "
-                         "by the per-example terms of several batches",
-                         _present(loss, ["batch", "batches", "logit_scale", "dtype", "n_elements", "loss_lib",
+        out.append(Table("agreement_clip_loss", loss, "harness.clip_loss and siglip_loss vs open_clip's ClipLoss and "
+                         "SigLipLoss",
+                         "the symmetric contrastive loss vs open_clip's ClipLoss (2N terms a batch) and SigLIP's "
+                         "pairwise sigmoid loss vs open_clip's SigLipLoss (N² terms a batch), batch sizes × logit "
+                         "scales (× logit biases), judged by the per-example terms of several batches",
+                         _present(loss, ["check", "library", "batch", "batches", "logit_scale", "logit_bias", "dtype",
+                                         "n_elements", "loss_lib",
                                          "max_abs", "rel_err", "rule", "power", "result"]), note))
     power = power_summary(df)
     if len(power):

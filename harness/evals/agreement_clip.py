@@ -16,7 +16,7 @@ from ..convert.open_clip import convert_state_dict, from_open_clip
 from ..convert.timm import from_timm
 from ..data.photos import image_batch
 from ..methods.numerics import LOW_PRECISION, TOL, capture, cast, compare_gradients, dtype_of, sweep, verdict
-from ..reference.clip import clip_loss
+from ..reference.clip import clip_loss, siglip_loss
 
 OUTPUTS = ["image_embedding", "text_embedding", "logits", "loss_terms"]
 
@@ -33,6 +33,18 @@ def open_clip_loss_terms(image_features: torch.Tensor, text_features: torch.Tens
     labels = loss.get_ground_truth(image_features.device, per_image.shape[0])
     return torch.cat([F.cross_entropy(per_image, labels, reduction="none"),
                       F.cross_entropy(per_text, labels, reduction="none")])
+
+
+def open_clip_siglip_terms(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                           logit_bias: torch.Tensor) -> torch.Tensor:
+    """open_clip's SigLipLoss as its N² per-pair terms, row-major: SigLipLoss's own get_logits and
+    get_ground_truth, the log-sigmoid unreduced. Their sum over N is SigLipLoss()(...) (tests/test_hf.py)."""
+    from open_clip.loss import SigLipLoss
+
+    loss = SigLipLoss()
+    logits = loss.get_logits(image_features, text_features, logit_scale, logit_bias)
+    labels = loss.get_ground_truth(image_features.device, image_features.dtype, image_features.shape[0])
+    return -F.logsigmoid(labels * logits).flatten()
 
 
 def _inputs(transform, image_size: int, config: dict, seed: int, device,
@@ -151,30 +163,53 @@ def three_way_rows(spec: models.ModelSpec, timm_spec: models.ModelSpec, config: 
 
 
 def loss_rows(cfg: dict, dtypes: list[str], device, seed: int) -> list[dict]:
-    """harness.clip_loss vs open_clip's ClipLoss on random unit features, batch sizes × logit scales. Each row
-    judges the 2N per-example terms of ⌈min_terms / 2N⌉ independent batches together (at least min_terms
-    elements: a batch of 2 gives 4 terms, so 16 batches), and states the losses (the terms' means) too."""
+    """harness.clip_loss vs open_clip's ClipLoss, and harness.siglip_loss vs open_clip's SigLipLoss, on random unit
+    features, batch sizes × logit scales (× logit biases for SigLIP). Each row judges the per-example terms (2N for
+    CLIP, N² for SigLIP) of enough independent batches together to have at least min_terms elements (a CLIP batch
+    of 2 gives 4 terms, so 16 batches), and states the losses too (CLIP: the terms' mean; SigLIP: their sum / N)."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for n in cfg["batch_sizes"]:
         if n < 2:
             raise ValueError(f"clip loss batch size {n}: the loss of one pair is 0 on both sides (nothing to judge)")
-        batches = -(-cfg.get("min_terms", 64) // (2 * n))
-        feats = [[F.normalize(torch.randn(n, cfg["dim"], generator=g, dtype=torch.float64), dim=-1)
-                  for _ in range(2)] for _ in range(batches)]
-        for scale in cfg["logit_scales"]:
-            scale64 = torch.tensor(scale, dtype=torch.float64)
-            truth = torch.cat([open_clip_loss_terms(img, txt, scale64) for img, txt in feats])
-            for dtype in dtypes:
-                dt = dtype_of(dtype)
-                s = torch.tensor(scale, dtype=dt, device=device)
-                pairs = [(img.to(device, dt), txt.to(device, dt)) for img, txt in feats]
-                ref = torch.cat([clip_loss(img, txt, s, reduction="none") for img, txt in pairs])
-                lib = torch.cat([open_clip_loss_terms(img, txt, s) for img, txt in pairs])
-                low = dtype in LOW_PRECISION
-                r = verdict(dtype, ref, lib, truth.to(device) if low else None,
-                            tol=None if low else cfg.get("tol", {}).get(dtype))
-                rows.append({"check": "clip_loss", "library": "open_clip ClipLoss", "batch": n, "batches": batches,
-                             "logit_scale": scale, "dtype": dtype, "loss_ref": ref.double().mean().item(),
-                             "loss_lib": lib.double().mean().item(), **r})
+        for loss_name in ["clip_loss"] + (["siglip_loss"] if cfg.get("logit_biases") else []):
+            per_batch = 2 * n if loss_name == "clip_loss" else n * n
+            batches = -(-cfg.get("min_terms", 64) // per_batch)
+            feats = [[F.normalize(torch.randn(n, cfg["dim"], generator=g, dtype=torch.float64), dim=-1)
+                      for _ in range(2)] for _ in range(batches)]
+            biases = [None] if loss_name == "clip_loss" else cfg["logit_biases"]
+            for scale in cfg["logit_scales"]:
+                for bias in biases:
+                    rows += _loss_rows(loss_name, feats, n, scale, bias, cfg, dtypes, device)
+    return rows
+
+
+def _loss_rows(loss_name: str, feats: list, n: int, scale: float, bias: float | None, cfg: dict,
+               dtypes: list[str], device) -> list[dict]:
+    def terms(img, txt, s, b, ours: bool):
+        if loss_name == "clip_loss":
+            return clip_loss(img, txt, s, reduction="none") if ours else open_clip_loss_terms(img, txt, s)
+        return siglip_loss(img, txt, s, b, reduction="none") if ours else open_clip_siglip_terms(img, txt, s, b)
+
+    def loss(t: torch.Tensor) -> float:  # the loss of the judged batches, averaged over batches
+        return t.double().mean().item() if loss_name == "clip_loss" else t.double().sum().item() / (n * len(feats))
+
+    f64 = torch.float64
+    s64, b64 = torch.tensor(scale, dtype=f64), torch.tensor(bias if bias is not None else 0.0, dtype=f64)
+    truth = torch.cat([terms(img, txt, s64, b64, False) for img, txt in feats])
+    rows = []
+    for dtype in dtypes:
+        dt = dtype_of(dtype)
+        s = torch.tensor(scale, dtype=dt, device=device)
+        b = torch.tensor(bias if bias is not None else 0.0, dtype=dt, device=device)
+        pairs = [(img.to(device, dt), txt.to(device, dt)) for img, txt in feats]
+        ref = torch.cat([terms(img, txt, s, b, True) for img, txt in pairs])
+        lib = torch.cat([terms(img, txt, s, b, False) for img, txt in pairs])
+        low = dtype in LOW_PRECISION
+        r = verdict(dtype, ref, lib, truth.to(device) if low else None,
+                    tol=None if low else cfg.get("tol", {}).get(dtype))
+        library = "open_clip ClipLoss" if loss_name == "clip_loss" else "open_clip SigLipLoss"
+        rows.append({"check": loss_name, "library": library, "batch": n, "batches": len(feats),
+                     "logit_scale": scale, **({"logit_bias": bias} if bias is not None else {}), "dtype": dtype,
+                     "loss_ref": loss(ref), "loss_lib": loss(lib), **r})
     return rows

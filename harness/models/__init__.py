@@ -5,6 +5,8 @@
     "open_clip:ViT-B-32/openai"            ... with a pretrained tag (from the Hugging Face cache, or online)
     "data_scale:vit_reference:1200:0"      a model the data-scale suite trains (its unit), from its checkpoint
     "zero_shot:clip_fmnist"                the CLIP the zero-shot suite trains on Fashion-MNIST, likewise
+    "hf:openai/clip-vit-base-patch32"      Hugging Face transformers: a hub id in the cache, or a save_pretrained
+                                           folder ("hf:/ckpts/my-clip"); "hf:CLIPModel" with kwargs: random weights
     "python:mypkg.models:build"            your own: the nn.Module a factory returns (harness.models.python)
     {"model": "timm:vit_tiny_patch16_224", "id": "vit_ti4", "kwargs": {"img_size": 28},
      "weights": "random" | "pretrained" | TAG | FILE, "with_reference": true, "data_cfg": {...}}
@@ -18,7 +20,7 @@ Any other key (a published number, say) is kept in `extra` for the suite.
 
 `resolve(spec)` gives one `Model`: the image encoder and its preprocessing, the text encoder and tokenizer of a
 CLIP-like model, a weights identity for cache keys, and `reference(model)` the reference twin where a converter
-exists. Each library is one module of this package (timm, open_clip, data_scale, zero_shot, python) with the same
+exists. Each library is one module of this package (timm, open_clip, hf, data_scale, zero_shot, python) with the same
 functions (check, load; reference and save_random where they apply); adding a library is adding a module and a
 line to _libraries().
 """
@@ -60,7 +62,7 @@ class Model:
     """A resolved model: what every suite needs of one, whichever library it comes from."""
 
     spec: ModelSpec
-    library: str  # "timm", "open_clip", "data_scale", "python", or "reference" for a converted twin
+    library: str  # "timm", "open_clip", "hf", "data_scale", "python", or "reference" for a converted twin
     module: nn.Module
     encode_image: Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) -> (B, D) features
     transform: Callable  # PIL image -> tensor: the model's own preprocessing
@@ -94,12 +96,13 @@ def closest(name: str, known: list[str]) -> str:
 
 
 def _libraries() -> dict[str, ModuleType]:
-    from . import data_scale, open_clip, python, timm, zero_shot
+    from . import data_scale, hf, open_clip, python, timm, zero_shot
 
-    return {"timm": timm, "open_clip": open_clip, "data_scale": data_scale, "zero_shot": zero_shot, "python": python}
+    return {"timm": timm, "open_clip": open_clip, "hf": hf, "data_scale": data_scale, "zero_shot": zero_shot,
+            "python": python}
 
 
-LIBRARY_NAMES = ("timm", "open_clip", "data_scale", "zero_shot", "python")
+LIBRARY_NAMES = ("timm", "open_clip", "hf", "data_scale", "zero_shot", "python")
 SPEC_KEYS = ("model", "id", "weights", "kwargs", "with_reference", "data_cfg")
 
 
@@ -123,6 +126,10 @@ def parse(spec: str | dict | ModelSpec, weights: str | None = None) -> ModelSpec
     if library == "open_clip" and "/" in name:  # open_clip:ARCH/PRETRAINED
         name, _, tag = name.partition("/")
         default_weights = tag
+    if library == "hf":  # a checkpoint's own weights; a class name ("hf:CLIPModel") builds random ones
+        from .hf import is_class_name
+
+        default_weights = "random" if is_class_name(name) else (weights or "pretrained")
     if library in ("data_scale", "zero_shot"):  # trained by a suite: the table says by which run
         default_weights = f"trained ({name})"
     ident = spec.get("id") or (spec["model"].partition(":")[2])
@@ -152,18 +159,22 @@ def resolve(spec: str | dict | ModelSpec, seed: int = 0, device: torch.device | 
 
 def reference(model: Model) -> Model:
     """The reference model carrying `model`'s weights, with its preprocessing (and tokenizer), where a converter
-    exists (timm's and open_clip's ViT families); ValueError otherwise."""
+    exists (timm's and open_clip's ViT families, transformers' CLIPModel and ViTModel); ValueError otherwise."""
     convert = getattr(library_of(model.spec), "reference", None)
     twin = convert(model) if convert is not None and model.library != "reference" else None
     if twin is None:
         raise ValueError(f"no reference converter for {model.spec.string}: with_reference works for timm and "
-                         "open_clip ViTs")
+                         "open_clip ViTs and transformers' CLIPModel and ViTModel")
     return twin
 
 
 def has_reference(spec: str | dict | ModelSpec) -> bool:
-    """Whether the library has a converter to the reference implementations (reference(model))."""
-    return hasattr(library_of(parse(spec)), "reference")
+    """Whether the library has a converter to the reference implementations (reference(model)) for this model
+    (a library may say per model: transformers' CLIPModel and ViTModel convert, its other classes do not)."""
+    parsed = parse(spec)
+    library = library_of(parsed)
+    per_model = getattr(library, "has_reference", None)
+    return hasattr(library, "reference") and (per_model is None or per_model(parsed))
 
 
 def savable(spec: str | dict | ModelSpec) -> bool:

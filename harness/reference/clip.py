@@ -6,7 +6,8 @@ Two towers map images and texts into one D_e-dimensional space:
   text:  token embedding + learned position embedding, causal pre-norm blocks, a final LayerNorm, the
          output at the end-of-text token (the highest token id, as in CLIP's BPE vocabulary) projected.
 Training contrasts the N² pairs of a batch: logits = exp(s)·cos(image_i, text_j), with s = log(1/τ)
-learned and clamped so the scale never exceeds 100 (CLIP section 2.5).
+learned and clamped so the scale never exceeds 100 (CLIP section 2.5). SigLIP's pairwise sigmoid loss, which
+scores each pair on its own with a learned temperature and bias, is beside it (siglip_loss).
 
 Only torch is imported. Names follow open_clip where they can (token_embedding, positional_embedding,
 ln_final, text_projection, logit_scale) and the reference ViT's inside the image tower.
@@ -122,6 +123,17 @@ class CLIP(nn.Module):
         return self
 
 
+def _pairs(image_features: torch.Tensor, text_features: torch.Tensor, reduction: str):
+    """Both losses' inputs checked (N matching pairs, a known reduction) and computed in at least float32."""
+    if image_features.shape != text_features.shape:
+        raise ValueError(f"image features {tuple(image_features.shape)} and text features "
+                         f"{tuple(text_features.shape)} must both be (N, D) for N matching pairs")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction={reduction!r}: 'mean' or 'none'")
+    acc = torch.promote_types(image_features.dtype, torch.float32)
+    return image_features.to(acc), text_features.to(acc)
+
+
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
               reduction: str = "mean"):
     """The symmetric contrastive loss over the N² pairs of a batch of N matching (image, text) pairs.
@@ -135,16 +147,32 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     bfloat16 / float16 features are computed in float32 (the loss comes back in float32), as mixed-precision
     training computes its loss.
     """
-    if image_features.shape != text_features.shape:
-        raise ValueError(f"image features {tuple(image_features.shape)} and text features "
-                         f"{tuple(text_features.shape)} must both be (N, D) for N matching pairs")
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction={reduction!r}: 'mean' or 'none'")
-    acc = torch.promote_types(image_features.dtype, torch.float32)
-    image_features, text_features = image_features.to(acc), text_features.to(acc)
+    image_features, text_features = _pairs(image_features, text_features, reduction)
     logits = logit_scale * image_features @ text_features.T  # (N, N): row i = image i against every text
     image_to_text = -torch.diagonal(logits.log_softmax(dim=1))  # softmax over texts
     text_to_image = -torch.diagonal(logits.log_softmax(dim=0))  # softmax over images
     if reduction == "none":
         return torch.cat([image_to_text, text_to_image])
     return (image_to_text.mean() + text_to_image.mean()) / 2
+
+
+def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
+                logit_bias: torch.Tensor | float, reduction: str = "mean"):
+    """SigLIP's pairwise sigmoid loss (Zhai et al., 2023, "Sigmoid Loss for Language Image Pre-Training", eq. 1).
+
+    Each of the N² pairs of a batch is its own binary problem: with logits z_ij = t · x_i·y_j + b (t = exp(t')
+    the learned temperature, b the learned bias; x, y L2-normalised) and labels ℓ_ij = +1 for the N matching
+    pairs and −1 for the others,
+        loss = −1/N Σ_i Σ_j log σ(ℓ_ij z_ij)
+    (a sum over the N² pairs divided by the batch size, as the paper's pseudo-code and open_clip's SigLipLoss
+    normalise it). reduction="none" gives the N² per-pair terms −log σ(ℓ_ij z_ij), row-major (image i, text j);
+    their sum divided by N is the loss. Low-precision features are computed in float32, as clip_loss does.
+    """
+    image_features, text_features = _pairs(image_features, text_features, reduction)
+    n = image_features.shape[0]
+    logits = logit_scale * image_features @ text_features.T + logit_bias  # (N, N): z_ij
+    labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1  # +1 on the diagonal, −1 elsewhere
+    terms = -F.logsigmoid(labels * logits)  # (N, N)
+    if reduction == "none":
+        return terms.flatten()
+    return terms.sum() / n

@@ -224,10 +224,13 @@ def read_overrides(path: Path | None) -> dict:
 
 
 GPU_CHECK_SUITES = ["agreement", "data_scale", "zero_shot", "linear_probe"]
-# --quick: the agreement suite on its two smallest models (every dtype and backend), no training suites
+# --quick: the agreement suite on its smallest models (every dtype and backend), no training suites; of the
+# transformers rows, the Ti/16 ViTModel (suites/agreement.py's hf-vit-ti16)
 QUICK_AGREEMENT = {"models": ["timm:vit_tiny_patch16_224"], "gradient_models": ["timm:vit_tiny_patch16_224"],
                    "clip.models": ["open_clip:ViT-S-32"], "clip.gradient_models": [], "clip.timm_towers": {},
-                   "attention.seq_lens": [50, 197], "attention.heads": [4]}
+                   "hf.models": [{"model": "hf:ViTModel", "id": "hf-vit-ti16", "kwargs": {
+                       "hidden_size": 192, "intermediate_size": 768, "num_attention_heads": 3}}],
+                   "hf.gradient_models": [], "attention.seq_lens": [50, 197], "attention.heads": [4]}
 # --device cpu: every step of the check, each suite shrunk to fit CI (a few minutes on 2 cores) through the same
 # code: the smallest models, bfloat16/float16 on the tiny ViT, the loss and attention; two small training sizes
 CPU_SIZED = {
