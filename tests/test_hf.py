@@ -281,7 +281,7 @@ def test_image_backbones_give_their_documented_features(saved):
         model = models.resolve(f"hf:{saved[kind]}")
         assert not model.clip_like and model.input_size == (3, 32, 32)
         with torch.no_grad():
-            out = model.module(pixel_values=x)
+            out = model.module.hf(pixel_values=x)
             assert torch.equal(model.encode_image(x), out.last_hidden_state[:, 0])
 
 
@@ -332,3 +332,47 @@ def test_zero_shot_and_linear_probe_run_saved_hf_models(saved, tmp_path):
         table = table[table["dataset"] != "mean"]
         assert list(table["library"]) == ["hf"] * len(names) and (table["dataset"] == f"imagefolder:{root}").all()
         assert sorted(table["model"]) == sorted(str(saved[n]) for n in names)
+
+
+# ------------------------------------------------------------------------------------------- compare --library
+
+
+def reference_twin(library):
+    """compare's candidate factory: the reference model of the library's (a harness.models.hf wrapper's) config,
+    random weights (compare carries the library's in)."""
+    from harness.convert.hf import config_from_hf
+    from harness.reference import CLIP, ViT
+
+    config = config_from_hf(library.hf)
+    return (CLIP if hasattr(config, "text") else ViT)(config)
+
+
+def gelu_twin(library):
+    """The same with GELU where the library has QuickGELU: the pitfall of open_clip #771, as a candidate."""
+    from dataclasses import replace
+
+    from harness.convert.hf import config_from_hf
+    from harness.reference import CLIP
+
+    c = config_from_hf(library.hf)
+    return CLIP(replace(c, vision=replace(c.vision, act="gelu"), text=replace(c.text, act="gelu")))
+
+
+def test_compare_library_hf_carries_q_k_v_into_a_fused_qkv(saved, tmp_path, capsys):
+    """compare --library hf:DIR: the mapping proposal concatenates transformers' separate q, k and v projections
+    into the candidate's fused qkv, every stage is judged, and a planted GELU-for-QuickGELU candidate is found at
+    the first block."""
+    from harness.tools import compare
+
+    for kind in ("vit", "clip"):
+        code = compare.main(["--candidate", "python:tests.test_hf:reference_twin", "--library",
+                             f"hf:{saved[kind]}", "--out", str(tmp_path / kind)])
+        out = capsys.readouterr().out
+        assert code == 0, out[-2000:]
+        assert "q_proj.weight + " in out and "(name (q, k, v concatenated))" in out
+        df = pd.read_csv(tmp_path / kind / "compare.csv")
+        judged = df[df["result"] != "not judged"]
+        assert (judged["result"] == "pass").all() and len(judged) >= 40
+    code = compare.main(["--candidate", "python:tests.test_hf:gelu_twin", "--library", f"hf:{saved['clip']}"])
+    out = capsys.readouterr().out
+    assert code == 1 and "First divergence: library stage `hf.vision_model.encoder.layers.0" in out

@@ -123,7 +123,8 @@ def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cac
         return Model(spec, "hf", towers, towers.encode_image, transform, image_tower=module.vision_model,
                      input_size=input_size, encode_text=towers.encode_text if tokenizer else None,
                      tokenizer=tokenizer)
-    return Model(spec, "hf", module, _image_features(module, cfg.model_type), transform, input_size=input_size)
+    backbone = Backbone(module, cfg.model_type in CLS_FEATURES)
+    return Model(spec, "hf", backbone, backbone, transform, input_size=input_size)
 
 
 def _image_size(cfg) -> int:
@@ -157,15 +158,23 @@ class TwoTowers(torch.nn.Module):
         return self.encode_image(images)
 
 
-def _image_features(module: torch.nn.Module, model_type: str):
-    if model_type in CLS_FEATURES:
-        return lambda x: module(pixel_values=x).last_hidden_state[:, 0]  # (B, D): [CLS] after the final LayerNorm
-    return lambda x: module(pixel_values=x).pooler_output  # (B, D): the model's own pooling
+class Backbone(torch.nn.Module):
+    """A transformers image backbone as a features function: forward(images) -> (B, D), the [CLS] token after the
+    final LayerNorm (cls=True: ViT, DeiT) or the model's own pooler output (Dinov2, the CLIP/SigLIP vision towers).
+    `hf` is the transformers model itself."""
+
+    def __init__(self, hf: torch.nn.Module, cls: bool):
+        super().__init__()
+        self.hf, self.cls = hf, cls
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.hf(pixel_values=images)
+        return out.last_hidden_state[:, 0] if self.cls else out.pooler_output  # (B, D)
 
 
 def transformers_model(model: Model) -> torch.nn.Module:
-    """The transformers module of a resolved hf: model (a CLIP's is inside its TwoTowers)."""
-    return model.module.hf if isinstance(model.module, TwoTowers) else model.module
+    """The transformers module of a resolved hf: model (inside its TwoTowers or Backbone)."""
+    return model.module.hf
 
 
 CONVERTIBLE = {"clip", "vit"}  # model types harness.convert.hf turns into the reference (CLIPModel, ViTModel)

@@ -1,4 +1,4 @@
-"""Check your own implementation against timm or open_clip, and find where it first departs.
+"""Check your own implementation against timm, open_clip or transformers, and find where it first departs.
 
     report = harness.compare(my_vit, "timm:vit_small_patch16_224")       # or a timm / open_clip model
     print(report.summary)
@@ -53,15 +53,17 @@ class MappingError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ names and roles
-TOWERS = {"visual": {"visual", "vision", "image", "img", "vision_model", "image_encoder", "visual_encoder"},
+TOWERS = {"visual": {"visual", "vision", "image", "img", "vision_model", "image_encoder", "visual_encoder",
+                     "visual_projection"},
           "text": {"text", "txt", "text_model", "text_encoder", "language", "transformer", "token_embedding",
                    "positional_embedding", "ln_final", "text_projection"}}
 ATTN_SCOPE = {"attn", "attention", "self_attn", "self_attention", "mha", "msa", "attn_layer"}
 MLP_SCOPE = {"mlp", "ff", "ffn", "feed_forward", "feedforward", "mlp_block", "fc"}
 ROLES = {
-    "norm1": {"norm1", "ln_1", "ln1", "layernorm_before", "norm_1", "attn_norm", "input_layernorm",
+    "norm1": {"norm1", "ln_1", "ln1", "layernorm_before", "layer_norm1", "norm_1", "attn_norm", "input_layernorm",
               "attention_norm", "pre_attn_norm"},
-    "norm2": {"norm2", "ln_2", "ln2", "layernorm_after", "norm_2", "mlp_norm", "ffn_norm", "post_attention_layernorm",
+    "norm2": {"norm2", "ln_2", "ln2", "layernorm_after", "layer_norm2", "norm_2", "mlp_norm", "ffn_norm",
+              "post_attention_layernorm",
               "pre_mlp_norm"},
     "qkv": {"qkv", "in_proj", "in_proj_weight", "in_proj_bias", "to_qkv", "c_attn", "wqkv"},
     "q": {"q", "query", "q_proj", "to_q", "wq"},
@@ -75,7 +77,7 @@ ROLES = {
     "cls": {"cls_token", "class_embedding", "cls", "class_token", "cls_embedding"},
     "pos": {"pos_embed", "positional_embedding", "position_embedding", "pos_embedding", "pos",
             "position_embeddings"},
-    "norm_pre": {"norm_pre", "ln_pre", "pre_norm", "pre_layernorm", "layernorm_pre"},
+    "norm_pre": {"norm_pre", "ln_pre", "pre_norm", "pre_layernorm", "layernorm_pre", "pre_layrnorm"},
     "norm": {"norm", "ln_post", "ln_final", "final_norm", "norm_final", "layernorm", "final_layer_norm",
              "encoder_norm", "post_layernorm", "ln_f"},
     "head": {"head", "classifier", "proj", "projection", "text_projection", "visual_projection", "output"},
@@ -95,6 +97,8 @@ class Slot:
 
 
 def _tower(tokens: list[str]) -> str:
+    if tokens[:1] == ["hf"]:  # a transformers model inside harness.models.hf's wrapper (TwoTowers, Backbone)
+        tokens = tokens[1:]
     for t in tokens[:1]:
         for tower, names in TOWERS.items():
             if t in names:
@@ -136,7 +140,8 @@ def slot(name: str, towers: bool = True) -> Slot:
 @dataclass
 class Mapping:
     """candidate key -> (library key, part): part is None (the whole tensor, reshaped when only the layout
-    differs), or "q" / "k" / "v" (a third of a fused qkv along dim 0)."""
+    differs), "q" / "k" / "v" (a third of a fused qkv along dim 0), or "cat": the library key is then a tuple of the
+    separate q, k and v tensors, concatenated along dim 0 into the candidate's fused qkv (transformers' layout)."""
 
     pairs: dict[str, tuple[str, str | None]]
     how: dict[str, str] = field(default_factory=dict)  # candidate key -> "name", "shape" or "given"
@@ -144,13 +149,18 @@ class Mapping:
     def apply(self, library_state: dict[str, torch.Tensor], candidate_shapes: dict[str, torch.Size]) -> dict:
         out = {}
         for ck, (lk, part) in self.pairs.items():
-            out[ck] = fit(library_state[lk], part, candidate_shapes[ck], ck, lk)
+            t = torch.cat([library_state[k] for k in lk]) if part == "cat" else library_state[lk]
+            out[ck] = fit(t, None if part == "cat" else part, candidate_shapes[ck], ck, _name(lk))
         return out
 
     def table(self) -> str:
         width = max((len(k) for k in self.pairs), default=10)
-        return "\n".join(f"  {ck:<{width}} <- {lk}{f'[{p}]' if p else ''}  ({self.how.get(ck, 'given')})"
-                         for ck, (lk, p) in self.pairs.items())
+        return "\n".join(f"  {ck:<{width}} <- {_name(lk)}{f'[{p}]' if p and p != 'cat' else ''}  "
+                         f"({self.how.get(ck, 'given')})" for ck, (lk, p) in self.pairs.items())
+
+
+def _name(lk: str | tuple) -> str:
+    return " + ".join(lk) if isinstance(lk, tuple) else lk
 
 
 def fit(t: torch.Tensor, part: str | None, shape: torch.Size, ck: str = "", lk: str = "") -> torch.Tensor:
@@ -222,8 +232,15 @@ def propose_mapping(candidate: dict[str, torch.Tensor], library: dict[str, torch
                     part = _part(library[lk].shape, ls.kind, ct.shape, s.kind, s.role if s.role in THIRDS else None)
                     if part is not False:
                         found.append((lk, part))
-        if len(found) == 1 and free(*found[0]):
-            take(ck, *found[0], "name")
+        if not found and s.role == "qkv":  # a fused qkv from separate q, k, v (transformers' layout)
+            found = _thirds(ck, ct, s, lib_slots, library)
+        if len(found) == 1 and (found[0][1] == "cat" or free(*found[0])):
+            if found[0][1] == "cat":
+                pairs[ck], how[ck] = found[0], "name (q, k, v concatenated)"
+                for lk in found[0][0]:
+                    used.setdefault(lk, set()).add(None)
+            else:
+                take(ck, *found[0], "name")
         else:
             pending.append(ck)
     # what the names leave open: the one unused library tensor of the same tower and block with a fitting shape
@@ -253,6 +270,20 @@ def propose_mapping(candidate: dict[str, torch.Tensor], library: dict[str, torch
                            "{candidate key: library key}, 'key[q]' for a third of a fused qkv, or a callable over "
                            "the library's state_dict)")
     return Mapping(pairs, how)
+
+
+def _thirds(ck: str, ct: torch.Tensor, s: Slot, lib_slots: dict, library: dict) -> list:
+    """[((q, k, v library keys), "cat")] when the library holds exactly one q, one k and one v of the candidate's
+    tower, block and kind whose concatenation fits the candidate's fused tensor; [] otherwise."""
+    keys = []
+    for role in THIRDS:
+        match = [lk for lk, ls in lib_slots.items()
+                 if (ls.tower, ls.block, ls.role) == (s.tower, s.block, role) and _kinds_meet(ls.kind, s.kind)]
+        if len(match) != 1:
+            return []
+        keys.append(match[0])
+    joined = torch.Size([sum(library[k].shape[0] for k in keys), *library[keys[0]].shape[1:]])
+    return [(tuple(keys), "cat")] if _fits(joined, None, ct.shape) else []
 
 
 def _given_mapping(mapping: dict, candidate: dict, library: dict) -> Mapping:
@@ -323,7 +354,8 @@ def _param_sets(model: nn.Module, to_library=None) -> dict[str, frozenset]:
         parts: dict[str, set] = {}
         for k in keys:
             lk, part = to_library(k, (f"unmapped:{k}", None)) if to_library else (k, None)
-            parts.setdefault(lk, set()).add(part)
+            for one in (lk if part == "cat" else [lk]):  # a concatenation holds each of its tensors whole
+                parts.setdefault(one, set()).add(None if part == "cat" else part)
         out[path] = frozenset((lk, None) if p in ({None}, {"T"}, set(THIRDS)) else (lk, x)
                               for lk, p in parts.items() for x in sorted(p, key=str))
     return out
@@ -453,9 +485,27 @@ class Report:
 
 
 def _default_inputs(library: nn.Module, seed: int = 0) -> dict:
+    import timm.data
+
     from ..data.photos import image_batch
     from ..models.open_clip import transform
 
+    if hasattr(library, "hf"):  # a transformers model in its harness.models.hf wrapper
+        cfg = library.hf.config
+        size = (getattr(cfg, "vision_config", None) or cfg).image_size
+        tf = timm.data.create_transform(input_size=(3, size, size), crop_pct=1.0, interpolation="bicubic")
+        images = image_batch(tf, size, ["astronaut", "chelsea"] if _is_clip(library) else ["astronaut"], 1, seed)
+        if not _is_clip(library):
+            return {"images": images}
+        text = cfg.text_config
+        if text.vocab_size != 49408:
+            raise ValueError(f"compare's default captions are CLIP's BPE tokens; a text vocabulary of "
+                             f"{text.vocab_size} needs inputs={{'images': ..., 'tokens': ...}}")
+        import open_clip
+
+        tokens = open_clip.get_tokenizer("ViT-B-32", context_length=text.max_position_embeddings)(
+            ["a photo of an astronaut.", "a photo of a cat.", "noise."])
+        return {"images": images, "tokens": tokens}
     if _is_clip(library):
         import open_clip
 
@@ -463,8 +513,6 @@ def _default_inputs(library: nn.Module, seed: int = 0) -> dict:
         images = image_batch(transform(library), size, ["astronaut", "chelsea"], 1, seed)
         tokens = open_clip.get_tokenizer("ViT-B-32")(["a photo of an astronaut.", "a photo of a cat.", "noise."])
         return {"images": images, "tokens": tokens[:, : library.positional_embedding.shape[0]]}
-    import timm.data
-
     size = library.patch_embed.img_size[0] if hasattr(library, "patch_embed") else 224
     cfg = timm.data.resolve_data_config({"input_size": (3, size, size), "crop_pct": 1.0}, model=library)
     return {"images": image_batch(timm.data.create_transform(**cfg), size, ["astronaut"], 1, seed)}
@@ -678,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidate", required=True, help="python:MODULE:FACTORY returning your nn.Module (called with no "
                                                       "argument, or with the library model if it takes one)")
     p.add_argument("--library", required=True, help="a harness.models name: timm:NAME or open_clip:ARCH (random "
-                                                    "weights), open_clip:ARCH/PRETRAINED")
+                                                    "weights), open_clip:ARCH/PRETRAINED, hf:ID_OR_FOLDER")
     p.add_argument("--library-kwargs", default="{}", help="JSON keyword arguments for the library's create function")
     p.add_argument("--mapping", help="pkg.module:name of a dict or a callable (default: proposed)")
     p.add_argument("--dtype", action="append", dest="dtypes", help="float64, float32, bfloat16, float16 (repeatable)")
