@@ -61,7 +61,7 @@ def siglip_tokenizer(folder) -> tf.SiglipTokenizer:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """Folders save_pretrained wrote: a CLIP (QuickGELU, OpenAI's choice), a SigLIP, a ViT and a Dinov2."""
+    """Folders save_pretrained wrote: a CLIP (QuickGELU, OpenAI's choice), a SigLIP, a ViT, a DeiT and a Dinov2."""
     root = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
     out = {}
@@ -83,6 +83,11 @@ def saved(tmp_path_factory):
     out["vit"] = root / "vit"
     vit.save_pretrained(out["vit"])
     tf.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out["vit"])
+    deit = tf.DeiTModel(tf.DeiTConfig(**TINY, image_size=32, patch_size=8), add_pooling_layer=False)
+    out["deit"] = root / "deit"
+    deit.save_pretrained(out["deit"])
+    tf.DeiTImageProcessor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        out["deit"])
     dino = tf.Dinov2Model(tf.Dinov2Config(**TINY, image_size=32, patch_size=8))
     out["dinov2"] = root / "dinov2"
     dino.save_pretrained(out["dinov2"])
@@ -104,7 +109,7 @@ def odd_images() -> list[Image.Image]:
 # ------------------------------------------------------------------------------------------ preprocessing
 
 
-@pytest.mark.parametrize("kind", ["clip", "siglip", "vit", "dinov2"])
+@pytest.mark.parametrize("kind", ["clip", "siglip", "vit", "deit", "dinov2"])
 def test_pixel_values_equal_the_checkpoints_own_processor(saved, kind):
     """The harness's transform for an hf: model gives transformers' own processor's pixel values. Tolerance 1e-6:
     the same float32 operations in the same order give the same bits; 1e-6 is a few float32 ulps of values up to
@@ -274,10 +279,10 @@ def test_unknown_and_unsupported_model_classes_are_refused_before_any_work(tmp_p
 
 
 def test_image_backbones_give_their_documented_features(saved):
-    """ViTModel: the [CLS] token after the final LayerNorm (what ViTForImageClassification reads); Dinov2Model:
-    its pooler output (the same token)."""
+    """ViTModel and DeiTModel: the [CLS] token after the final LayerNorm (what their classification heads read);
+    Dinov2Model: its pooler output (the same token)."""
     x = torch.randn(2, 3, 32, 32)
-    for kind in ("vit", "dinov2"):
+    for kind in ("vit", "deit", "dinov2"):
         model = models.resolve(f"hf:{saved[kind]}")
         assert not model.clip_like and model.input_size == (3, 32, 32)
         with torch.no_grad():
