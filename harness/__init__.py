@@ -1,6 +1,7 @@
 """vitclip-harness: reference attention, ViT and CLIP, checked against timm, open_clip and transformers."""
 
 from .convert import from_hf, from_open_clip, from_timm, to_open_clip
+from .evaluation import evaluate
 from .methods.classifier import zero_shot_classifier
 from .methods.probe import linear_probe  # the function, beside zero_shot_classifier
 from .reference import (
@@ -18,5 +19,5 @@ from .tools.compare import compare  # noqa: E402  (the function; the module is h
 
 __version__ = "0.1.0"
 __all__ = ["CLIP", "CLIPConfig", "CLIPTextConfig", "MultiHeadAttention", "ViT", "ViTConfig", "clip_loss", "compare",
-           "from_hf", "from_open_clip", "from_timm", "linear_probe", "scaled_dot_product_attention", "siglip_loss",
-           "to_open_clip", "zero_shot_classifier", "__version__"]
+           "evaluate", "from_hf", "from_open_clip", "from_timm", "linear_probe", "scaled_dot_product_attention",
+           "siglip_loss", "to_open_clip", "zero_shot_classifier", "__version__"]

@@ -6,6 +6,7 @@ converted from it (same weights, same preprocessing), and the two are compared i
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -70,6 +71,9 @@ def _probe(encoder: Model, config: dict, ctx: Context, datasets, check_sklearn: 
     cache = ctx.cache_dir if ctx.use_cache else None
     common = dict(model_id=encoder.id, weights=encoder.weights, device=ctx.device, cache_dir=cache,
                   **extraction_options(config))
+    def log(phase: str, seconds: float) -> None:  # as each phase ends, in the unit's log (stderr)
+        print(f"linear_probe {encoder.id} on {train.name}: {phase} {seconds:.1f} s", file=sys.stderr, flush=True)
+
     t0 = time.perf_counter()
     encoder.module.eval()
     ftr = extract(encoder.encode_image, train, encoder.transform, indices=train_idx, desc=f"{encoder.id} train",
@@ -77,9 +81,10 @@ def _probe(encoder: Model, config: dict, ctx: Context, datasets, check_sklearn: 
     fte = extract(encoder.encode_image, test, encoder.transform, indices=test_idx, desc=f"{encoder.id} test",
                   **common)
     t1 = time.perf_counter()
+    log("extraction", t1 - t0)
     res = linear_probe(ftr.features, ftr.labels, fte.features, fte.labels, num_classes=len(train.classnames),
                        seed=ctx.seed, device=ctx.device, val_fraction=config.get("val_fraction", 0.1),
-                       sweep_max_images=config.get("sweep_max_images"))
+                       sweep_max_images=config.get("sweep_max_images"), log=log)
     t2 = time.perf_counter()
     row = {
         "model": encoder.id, "library": encoder.library, "dataset": train.name,
@@ -94,6 +99,7 @@ def _probe(encoder: Model, config: dict, ctx: Context, datasets, check_sklearn: 
     if check_sklearn:
         sk_top1, _ = sklearn_probe(ftr.features, ftr.labels, fte.features, fte.labels, res.strength)
         row.update(sklearn_top1=sk_top1, sklearn_diff=res.top1 - sk_top1, sklearn_seconds=time.perf_counter() - t2)
+        log("scikit-learn check", row["sklearn_seconds"])
     predictions.attach(row, fte.indices, fte.labels, res.ranked, res.margin)
     return row, res, (ftr.features, fte.features, fte.labels)
 

@@ -136,7 +136,7 @@ def linear_probe(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
     num_classes: int | None = None, val_fraction: float = 0.1, strengths: list[float] | None = None,
     seed: int = 0, device: torch.device | str = "cpu", max_iter: int = 3000, sweep_max_iter: int = 200,
-    sweep_max_images: int | None = None,
+    sweep_max_images: int | None = None, log=None,
 ) -> ProbeResult:
     """Choose λ on a held-out validation split of train, refit on all of train, score on test.
 
@@ -150,7 +150,13 @@ def linear_probe(
     ImageNet scale each sweep step over all 1.15M would cost the final fit's); the strength it chooses is carried
     to the full set with C = 1/(λN) held fixed (λ_full = λ_sample · n_sample / N, scikit-learn's convention, under
     which the best regularisation against the summed loss does not move with N). The default profile's sets are
-    below any such limit: nothing changes there."""
+    below any such limit: nothing changes there.
+
+    `log(phase, seconds)`, when given, is called as each phase ends ("sweep", "final fit"): a run stopped at its
+    limit still tells where its time went."""
+    import time
+
+    clock = time.perf_counter()
     num_classes = num_classes or int(max(train_y.max(), test_y.max()) + 1)
     device = torch.device(device)
     train_x, test_x = standardise(train_x, test_x)
@@ -184,6 +190,9 @@ def linear_probe(
 
     best = run_sweep(strengths or np.logspace(-4, 2, 7))
     best = run_sweep(best * np.logspace(-0.5, 0.5, 5)) * carry  # refine around the best
+    if log is not None:
+        log("sweep", time.perf_counter() - clock)
+        clock = time.perf_counter()
 
     # the final fit starts from zero, not from the sweep's solution (two feature sets that differ by round-off
     # would start from different points of the path and stop at different points of a flat optimum): float32
@@ -195,6 +204,8 @@ def linear_probe(
     W, b, iters64 = fit(x_all, y_all, num_classes, best, max_iter, init=(W, b), dtype=torch.float64,
                         precondition=spectrum_all)
     iters = iters32 + iters64
+    if log is not None:
+        log("final fit", time.perf_counter() - clock)
     logits = t(test_x, torch.float64) @ W + b
     y = t(test_y, torch.long)
     pred = logits.argmax(1)

@@ -1,0 +1,115 @@
+"""harness.evaluate from a training loop: a tiny CLIP trained here calls it after every epoch; its rows for the final
+weights equal `python -m harness run` on the saved checkpoint, and repeated calls decode no image twice (counted,
+not timed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import harness
+from harness import clip_loss
+from harness.evaluation import counters
+from harness.tools import cli
+from tests.models import TinyCLIP
+from tests.test_your_model import CLASSES, NAMES, write_my_data
+
+METRICS = ["top1", "top5", "mean_per_class_recall"]
+
+
+def _train_batch(root: Path, model: TinyCLIP):
+    """The train split's images through the model's own preprocessing, and one caption each."""
+    import timm.data
+
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model.data_config))
+    images, captions = [], []
+    for c, name in enumerate(CLASSES):
+        for path in sorted((root / "train" / name).glob("*.png")):
+            images.append(transform(Image.open(path).convert("RGB")))
+            captions.append(f"a photo of {NAMES[c]}.")
+    return torch.stack(images), model.tokenizer(captions)
+
+
+@pytest.fixture
+def trained(tmp_path):
+    root = write_my_data(tmp_path / "my_data")
+    spec = {"name": f"imagefolder:{root}", "classnames": str(root / "names.txt"),
+            "templates": str(root / "templates.json")}
+    torch.manual_seed(0)
+    model = TinyCLIP(16)
+    images, tokens = _train_batch(root, model)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    logged, per_epoch = [], []
+    before = counters()
+    for epoch in range(3):
+        model.train()
+        for _ in range(5):
+            loss = clip_loss(model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True),
+                             10.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        rng_state = torch.get_rng_state()
+        rows = harness.evaluate(model, [spec], tasks=("zero_shot", "linear_probe"), step=epoch,
+                                log=lambda metrics, step: logged.append((step, metrics)))
+        assert model.training  # given back in the mode it came in
+        assert torch.equal(torch.get_rng_state(), rng_state)  # the training's random stream untouched
+        per_epoch.append((rows, counters()))
+    return {"root": root, "spec": spec, "model": model, "before": before, "per_epoch": per_epoch,
+            "logged": logged, "tmp": tmp_path}
+
+
+def test_each_epoch_is_evaluated_and_no_image_is_decoded_twice(trained):
+    before, per_epoch = trained["before"], trained["per_epoch"]
+    decoded = [c["decoded_images"] - before["decoded_images"] for _, c in per_epoch]
+    built = [c["classifiers_built"] - before["classifiers_built"] for _, c in per_epoch]
+    assert decoded == [36, 36, 36]  # 18 test + 18 train images, in the first call only
+    assert built == [1, 2, 3]  # the text tower trained: its classifier is rebuilt each epoch
+    for epoch, (rows, _) in enumerate(per_epoch):
+        assert list(rows["task"]) == ["classification", "linear probe"] and (rows["step"] == epoch).all()
+        assert (rows["images"] == 18).all() and rows.iloc[0]["templates"] == "templates.json (2)"
+    assert [step for step, _ in trained["logged"]] == [0, 1, 2]
+    assert set(trained["logged"][0][1]) == {f"imagefolder:{trained['root']}/{task}/{m}"
+                                             for task in ("classification", "linear probe") for m in METRICS}
+    # nothing changed since the last call: neither images nor the classifier are computed again
+    again = harness.evaluate(trained["model"], [trained["spec"]], step=3)
+    now = counters()
+    assert now["decoded_images"] == per_epoch[-1][1]["decoded_images"]
+    assert now["classifiers_built"] == per_epoch[-1][1]["classifiers_built"]
+    assert again[METRICS].equals(per_epoch[-1][0][METRICS].iloc[:1])
+
+
+def test_final_rows_equal_the_command_line_on_the_saved_checkpoint(trained):
+    model, spec, tmp = trained["model"], trained["spec"], trained["tmp"]
+    ckpt = tmp / "final.pt"
+    torch.save(model.state_dict(), ckpt)
+    declared = json.dumps([{"model": "python:tests.models:tiny_clip", "weights": str(ckpt)}])
+    for suite in ("zero_shot", "linear_probe"):
+        assert cli.main(["run", suite, "--out", str(tmp / "out"), "--cache-dir", str(tmp / "cache"),
+                         "--set", f"models={declared}", "--set", f"datasets={json.dumps([spec])}"]) == 0
+    ours = trained["per_epoch"][-1][0].set_index("task")
+    zs = pd.read_csv(tmp / "out" / "zero_shot.csv")
+    zs = zs[zs["dataset"] != "mean"].iloc[0]
+    lp = pd.read_csv(tmp / "out" / "linear_probe.csv")
+    lp = lp[lp["dataset"] != "mean"].iloc[0]
+    # the same weights, images, preprocessing, templates and code in this process: the same numbers
+    for metric in METRICS:
+        assert ours.loc["classification", metric] == pytest.approx(zs[metric], abs=1e-9), metric
+        assert ours.loc["linear probe", metric] == pytest.approx(lp[metric], abs=1e-9), metric
+    assert zs["templates"] == ours.loc["classification", "templates"]
+
+
+def test_bad_requests_say_what_to_do(trained):
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 224 * 224, 8))
+    with pytest.raises(ValueError, match="not CLIP-like"):
+        harness.evaluate(encoder, [trained["spec"]])
+    with pytest.raises(ValueError, match="tasks \\['zeroshot'\\]"):
+        harness.evaluate(trained["model"], [trained["spec"]], tasks=("zeroshot",))
+    rows = harness.evaluate(encoder, [trained["spec"]], tasks=("linear_probe",))  # an image encoder: the probe
+    assert list(rows["task"]) == ["linear probe"] and np.isfinite(rows["top1"]).all()
