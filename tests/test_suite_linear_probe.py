@@ -1,5 +1,6 @@
 """The linear-probe suite end to end on a small declared config (real timm model, real data)."""
 
+import re
 import textwrap
 
 import pandas as pd
@@ -30,6 +31,10 @@ def test_linear_probe_suite_end_to_end(tmp_path, capsys):
     args = ["run", "tiny_probe", "--device", "cpu", "--out", str(tmp_path / "out"), "--cache-dir",
             str(tmp_path / "cache"), "--suites-dir", str(suites)]
     assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    # each unit logs its phases as each ends (a run stopped at its limit still tells where its time went)
+    for phase in ("extraction", "sweep", "final fit", "scikit-learn check"):
+        assert re.search(rf"linear_probe \S+ on fashion_mnist: {phase} \d+\.\d s", err), phase
     df = pd.read_csv(tmp_path / "out" / "linear_probe.csv")
     assert df["library"].tolist() == ["timm", "reference"]
     assert df["train_images"].tolist() == [300, 300] and df["test_images"].tolist() == [200, 200]
