@@ -113,3 +113,45 @@ def test_bad_requests_say_what_to_do(trained):
         harness.evaluate(trained["model"], [trained["spec"]], tasks=("zeroshot",))
     rows = harness.evaluate(encoder, [trained["spec"]], tasks=("linear_probe",))  # an image encoder: the probe
     assert list(rows["task"]) == ["linear probe"] and np.isfinite(rows["top1"]).all()
+
+
+# ----------------------------------------------------------------------------------------- checkpoint sweeps
+
+
+def test_a_checkpoint_sweep_gives_a_row_per_checkpoint_a_plot_and_consecutive_pairs(trained):
+    """weights: "ckpts/epoch_*.pt" — one row per checkpoint with its step (the last number of the file name), the
+    sweep's table and plot, and each checkpoint against the one before it, image by image."""
+    tmp, spec = trained["tmp"], trained["spec"]
+    ckpts = tmp / "ckpts"
+    ckpts.mkdir()
+    torch.manual_seed(1)
+    model = TinyCLIP(16)
+    images, tokens = _train_batch(trained["root"], model)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    for epoch in (1, 2, 10):  # 10 after 2: sorted by step, not by name
+        for _ in range(3):
+            loss = clip_loss(model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True),
+                             10.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        torch.save(model.state_dict(), ckpts / f"epoch_{epoch}.pt")
+    declared = json.dumps([{"model": "python:tests.models:tiny_clip", "id": "mine",
+                            "weights": str(ckpts / "epoch_*.pt")}])
+    out = tmp / "sweep"
+    assert cli.main(["run", "zero_shot", "--out", str(out), "--cache-dir", str(tmp / "cache"),
+                     "--set", f"models={declared}", "--set", f"datasets={json.dumps([spec])}"]) == 0
+    zs = pd.read_csv(out / "zero_shot.csv")
+    zs = zs[zs["dataset"] != "mean"]
+    assert zs["model"].tolist() == ["mine@1", "mine@2", "mine@10"] and zs["step"].tolist() == [1, 2, 10]
+    sweep = pd.read_csv(out / "zero_shot_sweep.csv")
+    assert sweep["step"].tolist() == [1, 2, 10] and sweep["top1"].tolist() == zs["top1"].tolist()
+    assert (out / "zero_shot_sweep.png").stat().st_size > 1000
+    pairs = pd.read_csv(out / "zero_shot_sweep_pairs.csv")
+    assert pairs[["step_a", "step_b"]].values.tolist() == [[1, 2], [2, 10]] and (pairs["images"] == 18).all()
+    for _, p in pairs.iterrows():  # the discordant images account for the accuracy difference exactly
+        assert p["difference"] == pytest.approx(100 * (p["only_b_correct"] - p["only_a_correct"]) / 18)
+        assert 0 <= p["p_worse"] <= 1 and 0 <= p["mcnemar_p"] <= 1
+    missing = json.dumps([{"model": "python:tests.models:tiny_clip", "weights": str(ckpts / "nope_*.pt")}])
+    assert cli.main(["run", "zero_shot", "--out", str(out), "--set", f"models={missing}",
+                     "--set", f"datasets={json.dumps([spec])}"]) == 2

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import cache, distributed, predictions, results
+from . import cache, distributed, predictions, results, sweeps
 from .suite import (  # noqa: F401  (re-exported: the runner is where a run's protocol is read)
     DEFAULT_CACHE,
     SUITES_DIR,
@@ -177,6 +177,7 @@ def prepare(name: str, profile: str, ctx: Context, assignments: dict | None = No
     if ctx.dtypes:
         config = {**config, "dtypes": ctx.dtypes}
     config = apply_overrides(config, overrides_for(suite.NAME, config, assignments or {}), suite.NAME)
+    config = sweeps.expand(config)  # a model entry naming several checkpoints: one entry per checkpoint
     # an evaluator under harness.evals by its short name, or any importable module by its dotted path
     evaluator = importlib.import_module(suite.EVALUATOR if "." in suite.EVALUATOR else
                                         f"harness.evals.{suite.EVALUATOR}")
@@ -257,8 +258,8 @@ def _write(prepared: Prepared, ctx: Context, out_dir: Path, rows: list[dict], do
     prov = results.provenance(config, ctx.device, ctx.seed)
     prov.update(suite=suite.NAME, suite_version=suite.VERSION, profile=profile)
     # each classification row's per-image predictions to results/predictions/<suite>/ (harness.infra.predictions)
-    rows = predictions.write(rows, out_dir, suite.NAME)
-    tables = evaluator.tables(rows, config)
+    rows = predictions.write(sweeps.annotate(rows, config), out_dir, suite.NAME)
+    tables = evaluator.tables(rows, config) + sweeps.tables(rows, suite.NAME, out_dir)
     written, index = [], {}
     # one run writes a suite's tables and the index at a time: two runs sharing results/ never interleave them
     with cache.lock(Path(out_dir) / ".tables", f"writing tables in {out_dir}"):
