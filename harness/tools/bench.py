@@ -521,6 +521,19 @@ def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bo
             f"the previous cold eval, results/bench_eval.csv at {previous or 'none (no earlier run)'} (the last "
             "commit that changed it); its machine may have been another (the provenance columns there say which).")
         index["bench_eval"] = "a cold default eval timed by suite and stage, beside the previous one"
+    if "peers" in parts:
+        from .bench_peers import __doc__ as peers_doc
+        from .bench_peers import bench_peers
+
+        df = bench_peers(device, *((5, 1) if quick else ())).assign(**prov)
+        written += results.write_table(
+            df, out, "bench_peers", f"The harness beside CLIP_benchmark, the same work ({device_label})",
+            ["task", "implementation", "model", "images", "classes", "templates", "rounds", "seconds",
+             "speed_vs_clip_benchmark", "top1", "top5", "mean_per_class_recall"],
+            peers_doc.split("\n", 1)[1].strip() + "\n\n`seconds`: the median of the rounds (min and max in the csv); "
+            "`speed_vs_clip_benchmark`: CLIP_benchmark's median seconds over this row's. Goals (issue 35), measured "
+            "not asserted: first call ≥ 1.0×, repeated calls ≥ 2×.")
+        index["bench_peers"] = f"zero-shot classification time and accuracy, harness vs CLIP_benchmark ({device_label})"
     if "probe" in parts:
         df = bench_probe(device, *((50, 50) if quick else ())).assign(**prov)
         written += results.write_table(
@@ -545,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: float32 on CPU, bfloat16 on a GPU")
     p.add_argument("--out", type=Path, default=results.REPO_ROOT / "results")
     p.add_argument("--parts", default="models,attention,probe,pipeline,eval",
-                   help="comma-separated: models,attention,probe,pipeline,eval (eval: a cold default eval, ~20 min)")
+                   help="comma-separated: models,attention,probe,pipeline,eval,peers (eval: a cold default eval, "
+                        "~20 min; peers: beside CLIP_benchmark, needs the test extra's clip_benchmark)")
     p.add_argument("--quick", action="store_true", help="one model and short sequences (a smoke run)")
     p.add_argument("--models", help="the models part's models, harness.models names with a batch size each: "
                                     "'timm:vit_small_patch16_224=256,open_clip:ViT-B-32=256' (default: a list for "
@@ -554,10 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
-    unknown = set(parts) - {"models", "attention", "probe", "pipeline", "eval"}
+    unknown = set(parts) - {"models", "attention", "probe", "pipeline", "eval", "peers"}
     if unknown:
         raise ConfigError(f"unknown bench part(s) {sorted(unknown)}: choose from models, attention, probe, pipeline, "
-                          "eval")
+                          "eval, peers")
     chosen = None
     if args.models:
         from .. import models
