@@ -108,10 +108,18 @@ def _wrap(module: torch.nn.Module) -> models.Model:
     kind = type(module).__module__
     spec = models.ModelSpec("python", type(module).__name__, type(module).__name__, "in memory")
     if kind.startswith("timm."):
+        import timm.data
+
         from .models import timm as timm_lib
 
-        return models.Model(spec, "timm", module, timm_lib.features(module), timm_lib.transform(module),
-                            input_size=timm_lib.input_size(module))
+        # its pretrained_cfg's preprocessing, at the size the model was built for (img_size=... changes the model,
+        # not its pretrained_cfg)
+        cfg = timm.data.resolve_data_config({}, model=module)
+        size = getattr(getattr(module, "patch_embed", None), "img_size", None)
+        if size is not None:
+            cfg["input_size"] = (cfg["input_size"][0], *size)
+        return models.Model(spec, "timm", module, timm_lib.features(module), timm.data.create_transform(**cfg),
+                            input_size=tuple(cfg["input_size"]))
     if kind.startswith("open_clip."):
         import open_clip
 

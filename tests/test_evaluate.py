@@ -155,3 +155,21 @@ def test_a_checkpoint_sweep_gives_a_row_per_checkpoint_a_plot_and_consecutive_pa
     missing = json.dumps([{"model": "python:tests.models:tiny_clip", "weights": str(ckpts / "nope_*.pt")}])
     assert cli.main(["run", "zero_shot", "--out", str(out), "--set", f"models={missing}",
                      "--set", f"datasets={json.dumps([spec])}"]) == 2
+
+
+def test_library_and_reference_modules_in_memory():
+    """A timm model (at the size it was built for, not its pretrained_cfg's 224), the reference ViT converted from
+    it, an open_clip CLIP (its own preprocessing and BPE tokenizer) and the reference CLIP converted from it."""
+    import open_clip
+    import timm
+
+    spec = {"name": "fashion_mnist", "test_per_class": 3, "train_per_class": 5}
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, depth=1, img_size=32)
+    clip = open_clip.create_model("ViT-S-32", pretrained=None)
+    for module, tasks, library in ((vit, ("linear_probe",), "timm"), (harness.from_timm(vit), ("linear_probe",),
+                                                                      "reference"),
+                                   (clip, ("zero_shot",), "open_clip"), (harness.from_open_clip(clip),
+                                                                        ("zero_shot",), "reference")):
+        rows = harness.evaluate(module, [spec], tasks=tasks)
+        assert rows["library"].tolist() == [library] and (rows["images"] == 30).all()
+        assert rows["top1"].between(0, 100).all()
