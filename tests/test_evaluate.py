@@ -36,6 +36,16 @@ def _train_batch(root: Path, model: TinyCLIP):
     return torch.stack(images), model.tokenizer(captions)
 
 
+def _steps(model, opt, images, tokens, n: int) -> None:
+    """n steps of CLIP's contrastive loss on the (image, caption) pairs, logit scale 10."""
+    model.train()
+    for _ in range(n):
+        loss = clip_loss(model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True), 10.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 @pytest.fixture
 def trained(tmp_path):
     root = write_my_data(tmp_path / "my_data")
@@ -48,13 +58,7 @@ def trained(tmp_path):
     logged, per_epoch = [], []
     before = counters()
     for epoch in range(3):
-        model.train()
-        for _ in range(5):
-            loss = clip_loss(model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True),
-                             10.0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        _steps(model, opt, images, tokens, 5)
         rng_state = torch.get_rng_state()
         rows = harness.evaluate(model, [spec], tasks=("zero_shot", "linear_probe"), step=epoch,
                                 log=lambda metrics, step: logged.append((step, metrics)))
@@ -129,12 +133,7 @@ def test_a_checkpoint_sweep_gives_a_row_per_checkpoint_a_plot_and_consecutive_pa
     images, tokens = _train_batch(trained["root"], model)
     opt = torch.optim.AdamW(model.parameters(), lr=0.05)
     for epoch in (1, 2, 10):  # 10 after 2: sorted by step, not by name
-        for _ in range(3):
-            loss = clip_loss(model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True),
-                             10.0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        _steps(model, opt, images, tokens, 3)
         torch.save(model.state_dict(), ckpts / f"epoch_{epoch}.pt")
     declared = json.dumps([{"model": "python:tests.models:tiny_clip", "id": "mine",
                             "weights": str(ckpts / "epoch_*.pt")}])
@@ -173,3 +172,18 @@ def test_library_and_reference_modules_in_memory():
         rows = harness.evaluate(module, [spec], tasks=tasks)
         assert rows["library"].tolist() == [library] and (rows["images"] == 30).all()
         assert rows["top1"].between(0, 100).all()
+
+
+def test_a_tensorboard_summary_writer_receives_the_metrics_with_the_step(trained, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    for step in (3, 4):
+        rows = harness.evaluate(trained["model"], [trained["spec"]], step=step, log=writer)
+    writer.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tag = f"imagefolder:{trained['root']}/classification/top1"
+    scalars = events.Scalars(tag)
+    assert [e.step for e in scalars] == [3, 4] and scalars[-1].value == pytest.approx(rows.iloc[0]["top1"])
