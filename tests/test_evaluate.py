@@ -151,6 +151,11 @@ def test_a_checkpoint_sweep_gives_a_row_per_checkpoint_a_plot_and_consecutive_pa
     for _, p in pairs.iterrows():  # the discordant images account for the accuracy difference exactly
         assert p["difference"] == pytest.approx(100 * (p["only_b_correct"] - p["only_a_correct"]) / 18)
         assert 0 <= p["p_worse"] <= 1 and 0 <= p["mcnemar_p"] <= 1
+    # linear_probe likewise: a row per checkpoint, its sweep table and pairs
+    assert cli.main(["run", "linear_probe", "--out", str(out), "--cache-dir", str(tmp / "cache"),
+                     "--set", f"models={declared}", "--set", f"datasets={json.dumps([spec])}"]) == 0
+    lp = pd.read_csv(out / "linear_probe_sweep.csv")
+    assert lp["step"].tolist() == [1, 2, 10] and len(pd.read_csv(out / "linear_probe_sweep_pairs.csv")) == 2
     missing = json.dumps([{"model": "python:tests.models:tiny_clip", "weights": str(ckpts / "nope_*.pt")}])
     assert cli.main(["run", "zero_shot", "--out", str(out), "--set", f"models={missing}",
                      "--set", f"datasets={json.dumps([spec])}"]) == 2
