@@ -23,6 +23,14 @@ def torchrun(args: list[str], nproc: int = 2, env: dict | None = None) -> subpro
     return subprocess.run(cmd, capture_output=True, text=True, env=env or ENV, cwd=REPO_ROOT, timeout=600)
 
 
+def why(proc: subprocess.CompletedProcess) -> str:
+    """A failed run's reason for an assertion message: the lines that say what went wrong (a rank's fatal error or
+    abort comes before the long list of loaded modules Python prints with it), then the end of stderr."""
+    said = [line for line in proc.stderr.splitlines()
+            if any(k in line for k in ("Fatal Python error", "terminate called", "Error", "error:", "Traceback"))]
+    return "\n".join(said[:30]) + "\n...\n" + proc.stderr[-1500:]
+
+
 EXTRACT = '''
 import sys
 import numpy as np
@@ -177,7 +185,7 @@ def test_failing_rank_stops_the_run_and_the_rerun_reuses_the_cache(tmp_path):
         failed.stderr[-3000:]
     assert not (tmp_path / "out").exists()  # no table, not even half of one
     rerun = torchrun(args, env=env)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.returncode == 0, why(rerun)
     assert "reused 3 of 4 finished units" in rerun.stdout
     assert pd.read_csv(tmp_path / "out" / "flaky.csv")["value"].tolist() == [0, 1, 4, 9]
 
