@@ -70,12 +70,17 @@ def config(spec: ModelSpec):
     tf = _transformers()
     if is_class_name(spec.name):
         return tf.AutoConfig.for_model(CLASSES[spec.name], **spec.kwargs)
+    return _offline(tf.AutoConfig.from_pretrained, spec, "no config.json found",
+                    "name a folder save_pretrained wrote, or a hub id in the Hugging Face cache (fill it once online)")
+
+
+def _offline(load, spec: ModelSpec, problem: str, fix: str):
+    """load(spec.name) (from the folder, or the hub cache offline), or ConfigError naming the problem and the fix."""
     try:
-        return tf.AutoConfig.from_pretrained(spec.name)
+        return load(spec.name)
     except Exception as e:
-        raise ConfigError(f"hf model {spec.name!r}: no config.json found ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}); name a folder save_pretrained wrote, or a hub id in the "
-                          "Hugging Face cache (fill it once online)") from None
+        raise ConfigError(f"hf model {spec.name!r}: {problem} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                          f"{fix}") from None
 
 
 def kind_of(cfg) -> tuple[str, str]:
@@ -205,12 +210,9 @@ def image_processor(spec: ModelSpec, model_type: str, image_size: int):
     processor transformers pairs with that model type, at the config's image size."""
     tf = _transformers()
     if not is_class_name(spec.name):
-        try:
-            return tf.AutoImageProcessor.from_pretrained(spec.name)
-        except Exception as e:
-            raise ConfigError(f"hf model {spec.name!r}: no image processor config (preprocessor_config.json) found "
-                              f"({type(e).__name__}); save the checkpoint's processor beside it "
-                              "(processor.save_pretrained(folder))") from None
+        return _offline(tf.AutoImageProcessor.from_pretrained, spec,
+                        "no image processor config (preprocessor_config.json) found",
+                        "save the checkpoint's processor beside it (processor.save_pretrained(folder))")
     square = {"height": image_size, "width": image_size}
     if model_type in ("clip", "clip_vision_model"):
         return tf.CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square)
@@ -332,12 +334,8 @@ class Tokenizer:
             self._tok = None
             return
         self._open_clip = None
-        try:
-            self._tok = _transformers().AutoTokenizer.from_pretrained(spec.name)
-        except Exception as e:
-            raise ConfigError(f"hf model {spec.name!r}: its tokenizer could not be loaded ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); save it beside the model "
-                              "(tokenizer.save_pretrained(folder))") from None
+        self._tok = _offline(_transformers().AutoTokenizer.from_pretrained, spec, "its tokenizer could not be loaded",
+                             "save it beside the model (tokenizer.save_pretrained(folder))")
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         if self._open_clip is not None:
