@@ -16,8 +16,8 @@ Repeated calls in one process pay only for what changed:
   - images are decoded and transformed once per (data set, split, subset, transform) and kept in memory, up to
     `cache_bytes` in all (least recently used first out; a set larger than the bound is decoded each call, with a
     warning saying so);
-  - the zero-shot classifier is rebuilt only when the text tower's weights (every parameter outside the image
-    tower) or the class names or templates change;
+  - the zero-shot classifier (and a retrieval set's caption embeddings) is rebuilt only when the text tower's
+    weights (every parameter outside the image tower) or the class names, templates or captions change;
   - the image features are recomputed each call (the image tower is what training changes).
 `harness.evaluation.counters()` says how many images were decoded and classifiers built so far (tests/test_evaluate.py).
 
@@ -319,9 +319,15 @@ def _retrieval_row(m: models.Model, ds, device, batch_size: int, cache_bytes: in
     r = data_lib.load_retrieval(ds)
     dec = _decoded(r.data, None, m.transform, cache_bytes, batch_size)
     feats = _features(m.encode_image, dec, device, batch_size)
-    with torch.no_grad():
-        text = torch.cat([m.encode_text(m.tokenizer(r.captions[i: i + 256]).to(device)).float().cpu()
-                          for i in range(0, len(r.captions), 256)])
+    import hashlib
+
+    key = (_text_weights(m.module), hashlib.sha256("\0".join(r.captions).encode()).hexdigest(), str(device))
+    if key not in _CLASSIFIERS:  # the captions' embeddings: kept like a classifier, rebuilt as one is
+        with torch.no_grad():
+            _CLASSIFIERS[key] = torch.cat([m.encode_text(m.tokenizer(r.captions[i: i + 256]).to(device)).float().cpu()
+                                           for i in range(0, len(r.captions), 256)])
+        _COUNTS["classifiers_built"] += 1
+    text = _CLASSIFIERS[key]
     kept = {int(row): k for k, row in enumerate(dec.indices)}
     captions = [j for j, owner in enumerate(r.caption_image) if owner in kept]
     owners = np.array([kept[r.caption_image[j]] for j in captions])

@@ -192,3 +192,29 @@ def test_a_tensorboard_summary_writer_receives_the_metrics_with_the_step(trained
     tag = f"imagefolder:{trained['root']}/classification/top1"
     scalars = events.Scalars(tag)
     assert [e.step for e in scalars] == [3, 4] and scalars[-1].value == pytest.approx(rows.iloc[0]["top1"])
+
+
+def test_retrieval_sets_are_evaluated_and_their_captions_kept(trained, tmp_path):
+    """A retrieval set (a local copy in the catalog's MSCOCO layout): recall both ways; a second call with the same
+    weights decodes no image and embeds no caption again."""
+    import datasets
+
+    root = trained["root"]
+    pictures = [Image.open(p).convert("RGB") for c in CLASSES for p in sorted((root / "val" / c).glob("*.png"))]
+    captions = [[f"a photo of {NAMES[i // 6]}.", f"{NAMES[i // 6]}, number {i}"] for i in range(len(pictures))]
+    folder = tmp_path / "coco" / "TEST" / "test"
+    folder.mkdir(parents=True)
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string"))})
+    datasets.Dataset.from_dict({"image": pictures, "caption": captions}, features=features).to_parquet(
+        folder / "0000.parquet")
+    spec = {"name": "mscoco", "root": str(tmp_path / "coco")}
+    first = harness.evaluate(trained["model"], [spec])
+    after_first = counters()
+    second = harness.evaluate(trained["model"], [spec])
+    assert counters()["decoded_images"] == after_first["decoded_images"]
+    assert counters()["classifiers_built"] == after_first["classifiers_built"]
+    row = first.iloc[0]
+    assert row["task"] == "retrieval" and row["images"] == 18 and row["captions"] == 36
+    assert 0 <= row["image_to_text_R@1"] <= 100 and row["mean_R@1"] == pytest.approx(
+        (row["image_to_text_R@1"] + row["text_to_image_R@1"]) / 2)
+    assert second.drop(columns="seconds").equals(first.drop(columns="seconds"))

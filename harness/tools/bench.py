@@ -529,11 +529,13 @@ def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bo
         written += results.write_table(
             df, out, "bench_peers", f"The harness beside CLIP_benchmark, the same work ({device_label})",
             ["task", "implementation", "model", "images", "classes", "templates", "rounds", "seconds",
-             "speed_vs_clip_benchmark", "top1", "top5", "mean_per_class_recall"],
+             "speed_vs_clip_benchmark", "top1", "top5", "mean_per_class_recall", "image_to_text_R@1",
+             "text_to_image_R@1", "text_to_image_R@5"],
             peers_doc.split("\n", 1)[1].strip() + "\n\n`seconds`: the median of the rounds (min and max in the csv); "
             "`speed_vs_clip_benchmark`: CLIP_benchmark's median seconds over this row's. Goals (issue 35), measured "
             "not asserted: first call ≥ 1.0×, repeated calls ≥ 2×.")
-        index["bench_peers"] = f"zero-shot classification time and accuracy, harness vs CLIP_benchmark ({device_label})"
+        index["bench_peers"] = (f"zero-shot classification and retrieval time and accuracy, harness vs CLIP_benchmark "
+                                f"({device_label})")
     if "probe" in parts:
         df = bench_probe(device, *((50, 50) if quick else ())).assign(**prov)
         written += results.write_table(
