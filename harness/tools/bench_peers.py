@@ -73,7 +73,22 @@ def bench_peers(device: torch.device, per_class: int = 50, rounds: int = 3, mode
             evaluation.clear()
         return evaluation.evaluate(model, [spec], tokenizer=tokenizer, device=device, batch_size=batch_size).iloc[0]
 
-    ours(True)  # warm-up, untimed: both tools' first calls in a process import and allocate
+    peer_keys = {"top1": "acc1", "top5": "acc5", "mean_per_class_recall": "mean_per_class_recall"}
+    times, results = _interleaved(peer, ours, rounds, peer_keys)
+    common = {"model": f"open_clip {model_name}", "images": len(rows), "classes": len(names),
+              "templates": len(templates), "rounds": rounds}
+    table = _rows("zero-shot classification", times, results, common)
+    table += _retrieval(model, preprocess, tokenizer, test, rows[: max(len(rows) // 2, 2)], names, device, rounds,
+                        batch_size, {**common, "classes": None, "templates": None})
+    return pd.DataFrame(table)
+
+
+def _interleaved(peer, ours, rounds: int, peer_keys: dict[str, str]) -> tuple[dict, dict]:
+    """({label: seconds of each round}, {label: metrics of the last round}) for CLIP_benchmark's call, the harness's
+    first call (ours(True): its kept images and classifiers cleared) and its repeated call, run in interleaved
+    rounds after an untimed warm-up of both (a process's first calls import and allocate). peer_keys: the harness's
+    metric name -> CLIP_benchmark's (a fraction, reported here in % like the harness's)."""
+    ours(True)
     peer()
     times: dict[str, list[float]] = {"clip_benchmark": [], "harness first call": [], "harness repeated call": []}
     results: dict[str, dict] = {}
@@ -83,16 +98,9 @@ def bench_peers(device: torch.device, per_class: int = 50, rounds: int = 3, mode
             t0 = time.perf_counter()
             out = fn()
             times[label].append(time.perf_counter() - t0)
-            results[label] = ({"top1": 100 * out["acc1"], "top5": 100 * out["acc5"],
-                               "mean_per_class_recall": 100 * out["mean_per_class_recall"]} if label ==
-                              "clip_benchmark" else {k: float(out[k]) for k in ("top1", "top5",
-                                                                                  "mean_per_class_recall")})
-    common = {"model": f"open_clip {model_name}", "images": len(rows), "classes": len(names),
-              "templates": len(templates), "rounds": rounds}
-    table = _rows("zero-shot classification", times, results, common)
-    table += _retrieval(model, preprocess, tokenizer, test, rows[: max(len(rows) // 2, 2)], names, device, rounds,
-                        batch_size, {**common, "classes": None, "templates": None})
-    return pd.DataFrame(table)
+            results[label] = ({ours_key: 100 * out[key] for ours_key, key in peer_keys.items()}
+                              if label == "clip_benchmark" else {k: float(out[k]) for k in peer_keys})
+    return times, results
 
 
 def _rows(task: str, times: dict, results: dict, common: dict) -> list[dict]:
@@ -155,20 +163,7 @@ def _retrieval(model, preprocess, tokenizer, test, rows: np.ndarray, names: list
             return evaluation.evaluate(model, [spec], tokenizer=tokenizer, device=device,
                                        batch_size=batch_size).iloc[0]
 
-        ours(True)
-        peer()
-        times = {"clip_benchmark": [], "harness first call": [], "harness repeated call": []}
-        results = {}
-        for _ in range(rounds):
-            for label, fn in (("clip_benchmark", peer), ("harness first call", lambda: ours(True)),
-                              ("harness repeated call", lambda: ours(False))):
-                t0 = time.perf_counter()
-                out = fn()
-                times[label].append(time.perf_counter() - t0)
-                results[label] = ({"image_to_text_R@1": 100 * out["text_retrieval_recall@1"],
-                                   "text_to_image_R@1": 100 * out["image_retrieval_recall@1"],
-                                   "text_to_image_R@5": 100 * out["image_retrieval_recall@5"]}
-                                  if label == "clip_benchmark" else
-                                  {k: float(out[k]) for k in ("image_to_text_R@1", "text_to_image_R@1",
-                                                              "text_to_image_R@5")})
+        peer_keys = {"image_to_text_R@1": "text_retrieval_recall@1", "text_to_image_R@1": "image_retrieval_recall@1",
+                     "text_to_image_R@5": "image_retrieval_recall@5"}
+        times, results = _interleaved(peer, ours, rounds, peer_keys)
     return _rows("zero-shot retrieval", times, results, {**common, "images": len(rows)})
