@@ -131,15 +131,9 @@ def _wrap(module: torch.nn.Module) -> models.Model:
                             encode_text=module.encode_text, tokenizer=tok)
     if kind.startswith("harness.reference"):
         return _reference(module, spec)
-    import timm.data
+    from .models.python import model_of
 
-    from .models.python import data_config
-
-    cfg = data_config(module, spec)
-    text, tok = getattr(module, "encode_text", None), getattr(module, "tokenizer", None)
-    return models.Model(spec, "python", module, getattr(module, "encode_image", None) or module,
-                        timm.data.create_transform(**cfg), input_size=tuple(cfg["input_size"]),
-                        encode_text=text if tok is not None else None, tokenizer=tok if text is not None else None)
+    return model_of(module, spec)
 
 
 def _reference(module: torch.nn.Module, spec: models.ModelSpec) -> models.Model:

@@ -65,8 +65,6 @@ def data_config(module: torch.nn.Module, spec: ModelSpec) -> dict:
 
 
 def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cache_dir=None) -> Model:
-    import timm.data
-
     torch.manual_seed(seed)
     module = factory(spec)(**spec.kwargs)
     if not isinstance(module, torch.nn.Module):
@@ -74,7 +72,15 @@ def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cac
                           "nn.Module")
     if spec.weights != "random":
         module.load_state_dict(torch.load(spec.weights, map_location="cpu", weights_only=True), strict=True)
-    module = module.to(device).eval()
+    return model_of(module.to(device).eval(), spec)
+
+
+def model_of(module: torch.nn.Module, spec: ModelSpec) -> Model:
+    """The Model of a user's module as this registry reads one (module docstring): its data_config (or timm's
+    defaults), encode_image or forward, and encode_text with a tokenizer attribute (harness.evaluate reads
+    in-memory modules the same way)."""
+    import timm.data
+
     cfg = data_config(module, spec)
     encode_image = getattr(module, "encode_image", None) or module
     text, tokenizer = getattr(module, "encode_text", None), getattr(module, "tokenizer", None)
