@@ -25,6 +25,9 @@ STAMP = VENV / ".installed-from"
 # numbers come from (1.6.x builds the text classifier under bfloat16 autocast on a CPU). Its metadata asks for
 # torch<2, so it is installed without its dependencies; what it imports is in the test extra.
 PEERS_NO_DEPS = ["clip_benchmark==1.4.0"]
+# `bench --parts peers` runs the linear probe beside clip_benchmark 1.6.2's (the newest: it sweeps the weight decay),
+# installed beside the environment (harness.tools.bench_peers.probe_peer_path) so that the parity tests keep 1.4.0.
+PEERS_BESIDE = {"clip_benchmark==1.6.2": VENV / "peers" / "clip_benchmark-1.6.2"}
 
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["tests"]
@@ -33,12 +36,16 @@ nox.options.sessions = ["tests"]
 def _python(session: nox.Session) -> str:
     """The shared environment's python, (re)installing the project when pyproject.toml changed."""
     python = VENV / "bin" / "python"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + " ".join(PEERS_NO_DEPS).encode()).hexdigest()
+    peers = " ".join([*PEERS_NO_DEPS, *PEERS_BESIDE]).encode()
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + peers).hexdigest()
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(VENV), external=True)
     if not STAMP.exists() or STAMP.read_text() != want:
         session.run(str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test,hf]", external=True)
         session.run(str(python), "-m", "pip", "install", "-q", "--no-deps", *PEERS_NO_DEPS, external=True)
+        for requirement, target in PEERS_BESIDE.items():
+            session.run(str(python), "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target", str(target),
+                        requirement, external=True)
         STAMP.write_text(want)
     else:
         session.log(f"reusing {VENV} (pyproject.toml unchanged)")

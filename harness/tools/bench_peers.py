@@ -12,14 +12,34 @@ interleaved rounds:
     computed again).
 Retrieval: the first half of those images with two captions each, written once in the catalog's MSCOCO layout for
 the harness and given to CLIP_benchmark's zeroshot_retrieval.evaluate as (image, captions) pairs; the harness keeps
-the captions' embeddings like a classifier. Not measured: the linear probe (clip_benchmark 1.4.0's probe asserts
-device == 'cuda').
+the captions' embeddings like a classifier.
+Linear probe: the same features for both — Fashion-MNIST pixels (5,000 class-balanced training and 5,000 test
+images, 784 values each, L2-normalised as CLIP_benchmark's Featurizer normalises an embedding; a pixel "model",
+because a random ViT-B-32's features are not worth a probe and 10,000 of them cost ~11 min here) and the same
+validation split (10% of train, the harness's own draw):
+  - clip_benchmark.metrics.linear_probe.evaluate of clip_benchmark 1.6.2, the newest release, whose probe sweeps
+    the weight decay (1.4.0's trains once at weight decay 0), at its command line's defaults (AdamW, lr 0.1, 10
+    epochs, batch 64, amp off here): 7 weight decays from 1e-6 to 1e2, then 3 around the best at each of 4 halving
+    spans (19 trainings), and a final training on train + validation; its feature files written before the
+    clock starts, as its own featurisation leaves them. It runs in a child process (1.6.2 installed by nox beside
+    the environment, in <venv>/peers, so that DataComp's 1.4.0 stays the one the parity tests import). Its code
+    asserts device == 'cuda' and calls .cuda(): on a machine without a GPU the child points those calls at the
+    CPU (Tensor.cuda, Module.cuda and .to('cuda') return CPU tensors; its code is otherwise unchanged);
+  - harness.methods.probe.linear_probe: L-BFGS, its λ sweep and final fit (what the linear_probe suite runs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -80,6 +100,7 @@ def bench_peers(device: torch.device, per_class: int = 50, rounds: int = 3, mode
     table = _rows("zero-shot classification", times, results, common)
     table += _retrieval(model, preprocess, tokenizer, test, rows[: max(len(rows) // 2, 2)], names, device, rounds,
                         batch_size, {**common, "classes": None, "templates": None})
+    table += probe(device, 10 * per_class, rounds)
     return pd.DataFrame(table)
 
 
@@ -167,3 +188,134 @@ def _retrieval(model, preprocess, tokenizer, test, rows: np.ndarray, names: list
                      "text_to_image_R@5": "image_retrieval_recall@5"}
         times, results = _interleaved(peer, ours, rounds, peer_keys)
     return _rows("zero-shot retrieval", times, results, {**common, "images": len(rows)})
+
+
+# ------------------------------------------------------------------------------------------ linear probe
+PROBE_PEER = "clip_benchmark==1.6.2"  # installed by noxfile.py into probe_peer_path(), without its dependencies
+
+
+def probe_peer_path() -> Path:
+    """Where the probe's CLIP_benchmark lives: beside the environment, not in it (the environment's own
+    clip_benchmark is DataComp's pin, 1.4.0)."""
+    return Path(sys.prefix) / "peers" / PROBE_PEER.replace("==", "-")
+
+
+def check_probe_peer() -> Path:
+    """probe_peer_path(), or a ConfigError saying how to install what is missing there."""
+    from ..infra.suite import ConfigError
+
+    path = probe_peer_path()
+    if not (path / "clip_benchmark" / "metrics" / "linear_probe.py").is_file():
+        raise ConfigError(f"bench --parts peers: {PROBE_PEER} (the linear probe's peer) is not at {path}: run it "
+                          f"through `nox -s bench -- --parts peers`, or `pip install --no-deps --target {path} "
+                          f"{PROBE_PEER}`")
+    return path
+
+
+def probe(device: torch.device, per_class: int = 500, rounds: int = 3) -> list[dict]:
+    """The linear-probe rows, measured in a child process whose clip_benchmark is PROBE_PEER."""
+    path = check_probe_peer()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")]))}
+        subprocess.run([sys.executable, "-m", "harness.tools.bench_peers", str(device), str(per_class), str(rounds),
+                        str(out)], env=env, check=True)
+        return json.loads(out.read_text())
+
+
+@contextlib.contextmanager
+def _cuda_on_cpu():
+    """CLIP_benchmark's probe written for a GPU run on the CPU: .cuda() of tensors and modules and .to("cuda")
+    give CPU tensors for as long as this lasts. Nothing else of torch changes."""
+    saved = torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        args = tuple("cpu" if isinstance(a, str) and a.startswith("cuda") else a for a in args)
+        return saved[2](self, *args, **kwargs)
+
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+    torch.Tensor.to = to
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.to = saved
+
+
+def _pixel_features(per_class: int) -> tuple[torch.Tensor, ...]:
+    """(train x, train y, test x, test y): class-balanced Fashion-MNIST pixels, each row L2-normalised."""
+    from .. import data
+    from ..data.images import balanced_subset, grayscale_tensors
+
+    out = []
+    for split in ("train", "test"):
+        images = data.load("fashion_mnist", split)
+        x, y = grayscale_tensors(images, balanced_subset(images.labels, per_class, seed=0))
+        out += [torch.nn.functional.normalize(x.flatten(1), dim=-1), y]
+    return tuple(out)
+
+
+def _probe_child(device: torch.device, per_class: int, rounds: int) -> list[dict]:
+    """Both probes on the same features, in interleaved rounds after an untimed warm-up of each."""
+    from clip_benchmark.metrics import linear_probe as cb
+
+    from ..methods.probe import linear_probe
+
+    if not Path(cb.__file__).resolve().is_relative_to(probe_peer_path().resolve()):
+        raise RuntimeError(f"the probe's peer should be {PROBE_PEER} from {probe_peer_path()}, not {cb.__file__}")
+    xtr, ytr, xte, yte = _pixel_features(per_class)
+    n_val = max(1, int(round(0.1 * len(xtr))))  # linear_probe's validation split, drawn as it draws it
+    val, fit = np.split(np.random.default_rng(0).permutation(len(xtr)), [n_val])
+    shim = _cuda_on_cpu if device.type == "cpu" else contextlib.nullcontext
+
+    with tempfile.TemporaryDirectory() as root:
+        def write(model_id: str, n: int) -> None:  # the files CLIP_benchmark's featurisation leaves
+            folder = Path(root) / model_id
+            folder.mkdir()
+            for split, x, y in (("train", xtr[fit[:n]], ytr[fit[:n]]), ("val", xtr[val], ytr[val]),
+                                ("test", xte, yte)):
+                torch.save(x.clone(), folder / f"features_{split}.pt")
+                torch.save(y.clone(), folder / f"targets_{split}.pt")
+
+        write("warm-up", 100)
+        write("pixels", len(fit))
+
+        def peer(model_id: str = "pixels", epochs: int = 10):
+            torch.manual_seed(0)  # its evaluate draws a permutation from the global generator
+            # evaluate(model, train_dataloader, dataloader, fewshot_k, batch_size, num_workers, lr, epochs,
+            # model_id, seed, feature_root, device, val_dataloader, normalize, amp): the loaders are read only to
+            # featurise, which the files make it skip; val_dataloader not None turns the weight-decay sweep on
+            with shim(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                return cb.evaluate(torch.nn.Identity(), None, None, -1, 64, 0, 0.1, epochs, model_id, 0, root,
+                                   "cuda", val_dataloader=[], normalize=True, amp=False)
+
+        def ours(n: int = len(xtr), **kwargs):
+            return linear_probe(xtr[:n].double().numpy(), ytr[:n].numpy(), xte.double().numpy(), yte.numpy(),
+                                num_classes=10, device=device, **kwargs)
+
+        peer("warm-up", 1)
+        ours(110, max_iter=5, sweep_max_iter=5)
+        times: dict[str, list[float]] = {"clip_benchmark": [], "harness": []}
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            theirs = peer()
+            times["clip_benchmark"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            mine = ours()
+            times["harness"].append(time.perf_counter() - t0)
+    results = {"clip_benchmark": {"top1": 100 * theirs["lp_acc1"], "top5": 100 * theirs["lp_acc5"],
+                                  "mean_per_class_recall": 100 * theirs["lp_mean_per_class_recall"],
+                                  "regularisation": f"weight decay {theirs['weight_decay']:.3g}",
+                                  "work": "AdamW, weight-decay sweep (19 trainings) + final training"},
+               "harness": {"top1": mine.top1, "top5": mine.top5, "mean_per_class_recall": mine.mean_per_class_recall,
+                           "regularisation": f"λ {mine.strength:.3g}",
+                           "work": f"L-BFGS, λ sweep ({len(mine.sweep)} fits) + final fit"}}
+    common = {"model": "pixels (L2-normalised)", "images": len(yte), "classes": 10, "rounds": rounds,
+              "train_images": len(ytr), "feature_dim": xtr.shape[1]}
+    return _rows("linear probe", times, results, common)
+
+
+if __name__ == "__main__":  # the probe's child process: DEVICE PER_CLASS ROUNDS OUT.json
+    _device, _per_class, _rounds, _out = sys.argv[1:]
+    _table = _probe_child(torch.device(_device), int(_per_class), int(_rounds))
+    Path(_out).write_text(json.dumps(_table))
