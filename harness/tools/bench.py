@@ -245,7 +245,7 @@ def bench_probe(device: torch.device, train_per_class: int = 500, test_per_class
     common = {"features": "Fashion-MNIST pixels", "feature_dim": xtr.shape[1], "train_images": len(ytr),
               "test_images": len(yte)}
     rows = []
-    # warm-up, untimed: the first torch.optim step in a process imports torch._dynamo (about 2 s here), and
+    # warm-up, untimed: a process's first fit allocates and loads its kernels, and
     # scikit-learn's first fit has its own start-up; steady state is compared
     linear_probe(xtr[:200], ytr[:200], xte[:50], yte[:50], num_classes=10, device=device, max_iter=5,
                  sweep_max_iter=5)
@@ -544,7 +544,7 @@ def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bo
              "speedup_vs_sklearn"],
             "Same standardised features, same λ grid and validation split; scikit-learn's LogisticRegression "
             "(lbfgs), its BLAS on the same cores. Goal: ≥ 5× faster than scikit-learn at equal accuracy. Both are "
-            "warmed up first, untimed (the first torch.optim step of a process imports torch._dynamo, ~2 s).")
+            "warmed up first, untimed (a process's first calls load and allocate).")
         index["bench_probe"] = f"linear probe time and accuracy, harness vs scikit-learn ({device_label})"
     written.append(results.write_index(out, index))
     return written
