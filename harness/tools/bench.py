@@ -525,7 +525,7 @@ def run(device: torch.device, dtype: str, out: Path, parts: list[str], quick: bo
         from .bench_peers import __doc__ as peers_doc
         from .bench_peers import bench_peers
 
-        df = bench_peers(device, *((5, 1) if quick else ())).assign(**prov)
+        df = bench_peers(device, *((5, 1) if quick else ())).astype({"train_images": "Int64"}).assign(**prov)
         written += results.write_table(
             df, out, "bench_peers", f"The harness beside CLIP_benchmark, the same work ({device_label})",
             ["task", "implementation", "model", "images", "classes", "templates", "train_images", "rounds",
