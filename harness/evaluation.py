@@ -267,6 +267,17 @@ def evaluate(model, datasets, *, tokenizer=None, transform=None, tasks=("zero_sh
     return df
 
 
+def _kept_text(key: tuple, build) -> torch.Tensor:
+    """The text side kept under key (a zero-shot classifier, a retrieval set's caption embeddings): build() when it
+    is not there; the 64 most recently built are kept."""
+    if key not in _CLASSIFIERS:
+        _CLASSIFIERS[key] = build()
+        _COUNTS["classifiers_built"] += 1
+        while len(_CLASSIFIERS) > 64:
+            _CLASSIFIERS.popitem(last=False)
+    return _CLASSIFIERS[key]
+
+
 def _task_rows(m: models.Model, ds: data_lib.DataSpec, task: str, device, batch_size: int, seed: int,
                cache_bytes: int) -> list[dict]:
     common = {"model": m.id, "library": m.library, "dataset": ds.name}
@@ -284,12 +295,9 @@ def _task_rows(m: models.Model, ds: data_lib.DataSpec, task: str, device, batch_
     if task == "zero_shot":
         names, temps = test.classnames, test.templates
         key = (_text_weights(m.module), tuple(names), repr(temps), str(device))
-        if key not in _CLASSIFIERS:
-            _CLASSIFIERS[key] = zero_shot_classifier(m.module, m.tokenizer, names, temps, device=device).cpu()
-            _COUNTS["classifiers_built"] += 1
-            while len(_CLASSIFIERS) > 64:
-                _CLASSIFIERS.popitem(last=False)
-        metrics = classification_metrics(feats, _CLASSIFIERS[key], dec.labels)
+        classifier = _kept_text(key, lambda: zero_shot_classifier(m.module, m.tokenizer, names, temps,
+                                                                  device=device).cpu())
+        metrics = classification_metrics(feats, classifier, dec.labels)
         for k in OUTPUTS:
             metrics.pop(k)
         # where the templates came from, as the zero_shot suite says it: the catalog's, a file's, the config's
@@ -316,12 +324,13 @@ def _retrieval_row(m: models.Model, ds, device, batch_size: int, cache_bytes: in
     import hashlib
 
     key = (_text_weights(m.module), hashlib.sha256("\0".join(r.captions).encode()).hexdigest(), str(device))
-    if key not in _CLASSIFIERS:  # the captions' embeddings: kept like a classifier, rebuilt as one is
-        with torch.no_grad():
-            _CLASSIFIERS[key] = torch.cat([m.encode_text(m.tokenizer(r.captions[i: i + 256]).to(device)).float().cpu()
-                                           for i in range(0, len(r.captions), 256)])
-        _COUNTS["classifiers_built"] += 1
-    text = _CLASSIFIERS[key]
+
+    @torch.no_grad()
+    def embed():  # the captions' embeddings: kept like a classifier, rebuilt as one is
+        return torch.cat([m.encode_text(m.tokenizer(r.captions[i: i + 256]).to(device)).float().cpu()
+                          for i in range(0, len(r.captions), 256)])
+
+    text = _kept_text(key, embed)
     kept = {int(row): k for k, row in enumerate(dec.indices)}
     captions = [j for j, owner in enumerate(r.caption_image) if owner in kept]
     owners = np.array([kept[r.caption_image[j]] for j in captions])

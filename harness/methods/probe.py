@@ -201,6 +201,14 @@ def bootstrap_ci(correct: np.ndarray, seed: int, n: int = 1000) -> tuple[float, 
     return lo, hi
 
 
+def validation_split(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(validation rows, fit rows) of n training rows, as linear_probe holds them out: the first
+    max(1, round(val_fraction · n)) of a permutation drawn with `seed`."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(val_fraction * n)))
+    return perm[:n_val], perm[n_val:]
+
+
 def linear_probe(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
     num_classes: int | None = None, val_fraction: float = 0.1, strengths: list[float] | None = None,
@@ -229,10 +237,7 @@ def linear_probe(
     num_classes = num_classes or int(max(train_y.max(), test_y.max()) + 1)
     device = torch.device(device)
     train_x, test_x = standardise(train_x, test_x)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(train_x))
-    n_val = max(1, int(round(val_fraction * len(train_x))))
-    val_idx, fit_idx = perm[:n_val], perm[n_val:]
+    val_idx, fit_idx = validation_split(len(train_x), val_fraction, seed)
     carry = 1.0  # λ_full = λ_sweep · n_sweep / n_fit: 1 when the sweep sees the whole fit split
     if sweep_max_images and sweep_max_images < len(fit_idx):
         carry, fit_idx = sweep_max_images / len(fit_idx), fit_idx[:sweep_max_images]

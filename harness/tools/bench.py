@@ -233,7 +233,7 @@ def bench_probe(device: torch.device, train_per_class: int = 500, test_per_class
 
     from ..data import images as data_lib
     from ..data import load as load_data
-    from ..methods.probe import fit, linear_probe, spectrum, standardise
+    from ..methods.probe import fit, linear_probe, spectrum, standardise, validation_split
 
     train, test = load_data("fashion_mnist", "train"), load_data("fashion_mnist", "test")
     tri = data_lib.balanced_subset(train.labels, train_per_class, seed=0)
@@ -262,9 +262,7 @@ def bench_probe(device: torch.device, train_per_class: int = 500, test_per_class
 
     # scikit-learn doing the same work: the same λ grid on the same validation split, then the final fit
     xs_tr, xs_te = standardise(xtr, xte)
-    perm = np.random.default_rng(0).permutation(len(xs_tr))
-    n_val = int(round(0.1 * len(xs_tr)))
-    val, fit_idx = perm[:n_val], perm[n_val:]
+    val, fit_idx = validation_split(len(xs_tr))  # linear_probe's own split
     t0 = time.perf_counter()
     scores = {}
     for lam in grid:

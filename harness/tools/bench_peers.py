@@ -150,9 +150,6 @@ def _retrieval(model, preprocess, tokenizer, test, rows: np.ndarray, names: list
     """Image–text retrieval on the first half of the images, two captions each (its class named two ways), written
     once as a local copy in the catalog's MSCOCO layout (nlphuji's parquet export, TEST/test/*.parquet) for the
     harness and given to CLIP_benchmark as (image, captions) pairs with its own collate function."""
-    import tempfile
-    from pathlib import Path
-
     import datasets
     from clip_benchmark.datasets.builder import image_captions_collate_fn
     from clip_benchmark.metrics import zeroshot_retrieval as cb
@@ -259,13 +256,12 @@ def _probe_child(device: torch.device, per_class: int, rounds: int) -> list[dict
     """Both probes on the same features, in interleaved rounds after an untimed warm-up of each."""
     from clip_benchmark.metrics import linear_probe as cb
 
-    from ..methods.probe import linear_probe
+    from ..methods.probe import linear_probe, validation_split
 
     if not Path(cb.__file__).resolve().is_relative_to(probe_peer_path().resolve()):
         raise RuntimeError(f"the probe's peer should be {PROBE_PEER} from {probe_peer_path()}, not {cb.__file__}")
     xtr, ytr, xte, yte = _pixel_features(per_class)
-    n_val = max(1, int(round(0.1 * len(xtr))))  # linear_probe's validation split, drawn as it draws it
-    val, fit = np.split(np.random.default_rng(0).permutation(len(xtr)), [n_val])
+    val, fit = validation_split(len(xtr))  # linear_probe's own split, given to CLIP_benchmark as its val split
     shim = _cuda_on_cpu if device.type == "cpu" else contextlib.nullcontext
 
     with tempfile.TemporaryDirectory() as root:
