@@ -74,3 +74,58 @@ class PlainCLIP(TinyCLIP):
 def plain_clip(dim: int = 16) -> nn.Module:
     return PlainCLIP(dim)
 
+
+
+# ------------------------------------------------------------------- a CLIP whose right answers are known by hand
+COLOURS = ["red", "green", "blue"]
+COLOUR_VALUES = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+
+
+class ColourTokenizer:
+    """A text -> one token: the index of the first colour word in it (3 when none)."""
+
+    def __init__(self, words=COLOURS):
+        self.words = list(words)
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[next((i for i, w in enumerate(self.words) if w in t), 3)] for t in texts])
+
+
+class ColourTower(nn.Module):
+    """The image tower: an image's feature is its mean colour (normalised pixels averaged over space). It also
+    holds `basis`, the colours' text embeddings, which the text side reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(1))
+        self.basis = nn.Parameter(torch.cat([torch.eye(3), torch.zeros(1, 3)]))  # (4, 3): red, green, blue, none
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3)) * self.gain
+
+
+class ColourCLIP(nn.Module):
+    """encode_image: the mean colour; encode_text: the colour's one-hot (a row of visual.basis, times the buffer
+    text_sign). A solid red, green or blue image is then classified right every time (top-1 100%) — and with its
+    colours inverted, never (0%): red (1, -1, -1) after normalisation becomes (-1, 1, 1), closest to green and blue."""
+
+    data_config = {"input_size": (3, 16, 16), "crop_pct": 1.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                   "interpolation": "bilinear"}
+
+    def __init__(self):
+        super().__init__()
+        self.visual = ColourTower()
+        self.register_buffer("text_sign", torch.ones(1))
+        self.tokenizer = ColourTokenizer()
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.visual(images)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.visual.basis[tokens[:, 0]] * self.text_sign
+        return F.normalize(x, dim=-1) if normalize else x
+
+
+def colour_clip() -> nn.Module:
+    return ColourCLIP()

@@ -88,3 +88,21 @@ def test_decoded_tensors_skip_a_corrupt_image(tmp_path):
         x, y, rows = data.images.decoded_tensors(val, np.arange(len(val)), size=8)
     assert x.shape == (12, 3, 8, 8) and len(y) == len(rows) == 12
     assert np.array_equal(val.labels[rows], y.numpy())  # each kept image with its own label
+
+
+def test_a_blank_line_between_class_names_or_templates_is_refused_by_name(tmp_path):
+    """Readers disagree on it (CLIP_benchmark 1.6 keeps an empty class, 1.4 drops it and every later class moves
+    against its labels): the harness refuses it, naming the line; blank lines at the end are nothing."""
+    from harness.data import texts
+    from harness.infra.suite import ConfigError
+
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n\n")
+    assert texts.classnames(str(names), "x") == ["cat", "dog"]
+    names.write_text("cat\n\ndog\n")
+    with pytest.raises(ConfigError, match="line 2 is blank"):
+        texts.classnames(str(names), "x")
+    temps = tmp_path / "t.txt"
+    temps.write_text("a photo of a {}.\n  \nitap of a {}.\n")
+    with pytest.raises(ConfigError, match="line 2 is blank"):
+        texts.templates(str(temps), "x")

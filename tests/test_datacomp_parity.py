@@ -19,11 +19,15 @@ planted error below (test_a_planted_error_is_caught) makes the comparison fail.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
+from harness import tasks
 from harness.data import datacomp
 from harness.evals import zero_shot as zs_eval
 from harness.infra import predictions
@@ -423,7 +427,7 @@ def _union_f1(pred, y):  # macro-F1 over the union of true and predicted classes
     return float(f1_score(y, pred, average="macro"))
 
 
-_worst_group, _retrieval_recall = task_metrics.worst_group, zs_eval.retrieval_recall
+_worst_group, _retrieval_recall = task_metrics.worst_group, tasks.retrieval_recall
 
 
 def _worst_group_top1(top, y, groups):
@@ -451,7 +455,7 @@ PLANTS = {  # name: (what is patched, its planted value, the task that must then
                                              _regrouped("fairness/geode", (1, "country")), "fairness/geode"),
     "Dollar Street's worst group on top-1": ("harness.methods.task_metrics.worst_group", _worst_group_top1,
                                              "fairness/dollar_street"),
-    "mean recall@1 as image-to-text only": ("harness.evals.zero_shot.retrieval_recall", _image_to_text_only, FLICKR),
+    "mean recall@1 as image-to-text only": ("harness.tasks.retrieval_recall", _image_to_text_only, FLICKR),
     "WinoGAViL over every instance": ("harness.methods.task_metrics.jaccard_10_12",
                                       lambda scores, candidates: float(np.mean(scores)), "misc/winogavil"),
     "a reader that takes .webp images only (datasets' builder after a .webp first sample)": (
@@ -534,3 +538,30 @@ def test_a_catalog_set_in_the_hubs_layout_equals_clip_benchmark_on_its_webdatase
         assert ours[f"image_to_text_R@{k}"] / 100 == pytest.approx(theirs[f"text_retrieval_recall@{k}"], abs=TOL)
         assert ours[f"text_to_image_R@{k}"] / 100 == pytest.approx(theirs[f"image_retrieval_recall@{k}"], abs=TOL)
     assert 0 < theirs["image_retrieval_recall@5"] < 1
+
+
+# ------------------------------------------------------------------------- files read as the peer reads them
+def test_a_task_is_read_as_datacomps_clip_benchmark_reads_it(tmp_path):
+    """A classnames.txt and a templates file with a blank line between entries, and a 16-bit grayscale PNG among the
+    images: CLIP_benchmark 1.4.0 (DataComp's pin; its wds reader drops blank lines, webdataset's "pil" decoder
+    converts with PIL, clipping 16-bit values at 255) and the harness read the same class names, templates and
+    pixels. (1.6's reader would keep the blank line as an empty class: every later class would shift.)"""
+    from harness.data import images
+
+    sixteen = Image.fromarray(np.full((20, 30), 50_000, np.uint16))  # 50000/65535: a light grey, 194 of 255
+    buf = io.BytesIO()
+    sixteen.save(buf, format="png")
+    pictures = [buf.getvalue(), *layouts.images(3, seed=5)]
+    folder = layouts.write_wds(tmp_path, "vtab/caltech101", pictures, [0, 1, 2, 0], ["cat", "", "dog", "bird"],
+                               templates=("a photo of a {c}.", "", "itap of a {c}."), formats=("png",))
+    peer = cb_builder.build_dataset(dataset_name="wds/vtab/caltech101", root=str(folder),
+                                    transform=lambda im: np.asarray(im), split="test", download=False)
+    with pytest.warns(UserWarning, match="tasklist.yml says"):
+        ours = datacomp.load("vtab/caltech101", tmp_path)
+    assert ours.classnames == peer.classes == ["cat", "dog", "bird"]
+    assert ours.templates == [t.replace("{c}", "{}") for t in peer.templates]
+    theirs = [np.asarray(x) for x, _ in peer]
+    mine = [np.asarray(images.to_pil(ours.dataset[i]["image"], ours.reading)) for i in range(len(ours))]
+    assert theirs[0].max() == 255  # the peer clips
+    for a, b in zip(mine, theirs):
+        np.testing.assert_array_equal(a, b)

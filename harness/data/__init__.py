@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import catalog, datacomp, fashion_mnist, folders, imagenet, images, texts  # noqa: F401  (harness.data.images)
 from .images import ImageData
@@ -174,6 +175,7 @@ def load(spec: str | dict | DataSpec, role: str) -> ImageData:
     if given is not None:
         data = data.with_names(texts.classnames(given, s.name, len(data.classnames)))
     own = templates(s)
+    inputs.note(data.sources)  # a copy read earlier in this process (Fashion-MNIST) is a read all the same
     return data if own is None else data.with_templates(own)
 
 
@@ -195,6 +197,6 @@ def load_retrieval(spec: str | dict | DataSpec):
     """An image–caption set (Flickr30k, MSCOCO) as a RetrievalData."""
 
     s = parse(spec)
-    if s.source == "datacomp":
-        return datacomp.load_retrieval(s.path, s.root)
-    return catalog.load_retrieval(s.name, s.root)
+    r = datacomp.load_retrieval(s.path, s.root) if s.source == "datacomp" else catalog.load_retrieval(s.name, s.root)
+    inputs.note(r.data.sources)
+    return r

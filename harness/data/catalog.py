@@ -29,7 +29,6 @@ tests/test_catalog.py, from the published files, columns and class-name strings,
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,8 +278,8 @@ def load(name: str, role: str, root: str | os.PathLike | None = None) -> ImageDa
                          "class names are declared")
     if len(names) != count:
         raise ValueError(f"{name}: {len(names)} class names declared, the data set has {count} classes")
-    fingerprint = _fingerprint(local) if local else ds._fingerprint
-    return ImageData(name, role, ds, names, fingerprint)
+    fingerprint, sources = local_fingerprint(local) if local else hub_fingerprint(ds)
+    return ImageData(name, role, ds, names, fingerprint, sources=sources)
 
 
 @dataclass
@@ -306,11 +305,13 @@ def load_retrieval(name: str | CatalogEntry, root: str | os.PathLike | None = No
             raise ValueError(f"{name}: no column {column!r} to keep the rows of its {value!r} split (the data set "
                              f"has {', '.join(ds.column_names)}); {s.source}")
         ds = ds.filter(lambda v: v == value, input_columns=[column])
-    return retrieval_data(name, ds, s.image_column, s.captions_column, _fingerprint(local) if local else None)
+    return retrieval_data(name, ds, s.image_column, s.captions_column, local_fingerprint(local) if local else None)
 
 
-def retrieval_data(name: str, ds, image_column: str, captions_column: str, fingerprint: str | None) -> RetrievalData:
-    """An image–caption table (one row per image, its captions a string or a list) as a RetrievalData."""
+def retrieval_data(name: str, ds, image_column: str, captions_column: str,
+                   fingerprint: tuple[str, dict] | None) -> RetrievalData:
+    """An image–caption table (one row per image, its captions a string or a list) as a RetrievalData;
+    `fingerprint`: (fingerprint, sources) of its files (None: datasets' own, from the hub cache)."""
     import datasets
 
     ds = _rename(ds, image_column, "image")
@@ -321,7 +322,8 @@ def retrieval_data(name: str, ds, image_column: str, captions_column: str, finge
         owner += [i] * len(caps)
     ds = ds.select_columns(["image"]).add_column("label", list(range(len(ds))))
     ds = ds.cast_column("label", datasets.Value("int64"))
-    return RetrievalData(name, ImageData(name, "test", ds, [], fingerprint or ds._fingerprint), captions, owner)
+    value, sources = fingerprint or hub_fingerprint(ds)
+    return RetrievalData(name, ImageData(name, "test", ds, [], value, sources=sources), captions, owner)
 
 
 def _rename(ds, column: str, to: str):
@@ -330,12 +332,24 @@ def _rename(ds, column: str, to: str):
     return ds if column == to else ds.rename_column(column, to)
 
 
-def _fingerprint(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(Path(root).rglob("*")):
-        if p.is_file():
-            h.update(f"{p.relative_to(root)}:{p.stat().st_size}".encode())
-    return h.hexdigest()[:16]
+def local_fingerprint(root: Path) -> tuple[str, dict]:
+    """(fingerprint, sources) of a local copy: every file under it (harness.infra.inputs)."""
+    from ..infra import inputs
+
+    with inputs.recording() as read:
+        value = inputs.fingerprint(root)
+    return value, read
+
+
+def hub_fingerprint(ds) -> tuple[str, dict]:
+    """(fingerprint, sources) of a data set read from the Hugging Face cache: datasets' own fingerprint, and the
+    cache's Arrow files as the sources a finished unit is checked against."""
+    from ..infra import inputs
+
+    with inputs.recording() as read:
+        for f in getattr(ds, "cache_files", None) or []:
+            inputs.fingerprint(f["filename"])
+    return ds._fingerprint, read
 
 
 def dataset_means(df, metric: str = "top1"):

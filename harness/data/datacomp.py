@@ -179,6 +179,9 @@ def task(key: str) -> Task:
 
 # ------------------------------------------------------------------------------------------ where the files lie
 def _lines(text: str) -> list[str]:
+    """A task's classnames.txt or templates file as the peer whose code DataComp's numbers come from reads it:
+    CLIP_benchmark 1.4.0 (DataComp's requirements.txt pin), builder.build_wds_dataset: every line stripped, blank
+    lines dropped (1.6's reader keeps them as empty entries; tests/test_datacomp_parity.py runs 1.4.0's)."""
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -308,8 +311,9 @@ def load(key: str, root: str | os.PathLike | None = None) -> ImageData:
     _check_size(t, len(ds))
     ds = ds.cast_column("label", datasets.ClassLabel(names=[f"{i}" for i in range(len(names))]))
     # the files' templates say "{c}" (CLIP_benchmark's): read as "{}" like every other template source
-    return ImageData(f"datacomp:{key}", "test", ds, names, catalog._fingerprint(folder),
-                     texts.templates(templates, key))
+    fingerprint, sources = catalog.local_fingerprint(folder)
+    return ImageData(f"datacomp:{key}", "test", ds, names, fingerprint, texts.templates(templates, key),
+                     sources=sources)
 
 
 def _hub_snapshot(t: Task) -> Path:
@@ -340,7 +344,8 @@ NLPHUJI_COLUMNS = {"retrieval": ("image", "caption"),  # eval_utils/retr_eval.py
 
 
 def load_nlphuji(key: str, root: str | os.PathLike | None = None):
-    """A retrieval or WinoGAViL task's split test as a datasets.Dataset, and a fingerprint of its files: from where
+    """A retrieval or WinoGAViL task's split test as a datasets.Dataset, and (fingerprint, sources) of its files
+    (None: datasets' own, from the hub): from where
     DataComp's download puts it (root/hf_cache, in datasets' cache layout) or a parquet export under root; without
     a root, from datasets' own cache or the hub's parquet export."""
     import datasets
@@ -373,7 +378,7 @@ def load_nlphuji(key: str, root: str | os.PathLike | None = None):
     if lost:
         raise ValueError(f"{key}: no column {', '.join(lost)} (it has {', '.join(ds.column_names)}); {t.source}")
     _check_size(t, len(ds))
-    return ds, catalog._fingerprint(files[0].parent) if files else ds._fingerprint
+    return ds, catalog.local_fingerprint(files[0].parent) if files else None
 
 
 def load_retrieval(key: str, root: str | os.PathLike | None = None) -> catalog.RetrievalData:

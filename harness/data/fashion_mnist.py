@@ -38,13 +38,18 @@ def read(split: str, root: Path = FASHION_MNIST_DIR) -> ImageData:
     labels = _read_idx(labels_path, 8)
     if len(pixels) != len(labels):
         raise ValueError(f"{images_path} holds {len(pixels)} images but {labels_path} {len(labels)} labels")
+    from ..infra import inputs
+
     h = hashlib.sha256()
-    for p in (images_path, labels_path):
-        h.update(p.read_bytes())
+    with inputs.recording() as sources:
+        for p in (images_path, labels_path):
+            h.update(p.read_bytes())
+            inputs.fingerprint(p)
     features = datasets.Features({"image": datasets.Array2D((28, 28), "uint8"),
                                   "label": datasets.ClassLabel(names=FASHION_MNIST_CLASSES)})
     ds = datasets.Dataset.from_dict({"image": pixels, "label": labels.astype(np.int64)}, features=features)
-    return ImageData("fashion_mnist", split, ds.with_format("numpy"), FASHION_MNIST_CLASSES, h.hexdigest()[:16])
+    return ImageData("fashion_mnist", split, ds.with_format("numpy"), FASHION_MNIST_CLASSES, h.hexdigest()[:16],
+                     sources=sources)
 
 
 def _from_hub(split: str, root: Path) -> ImageData:

@@ -14,18 +14,12 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..infra import inputs
 from ..infra.suite import ConfigError
 from .images import ImageData
 
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
 MANIFEST_SPLITS = {"train": ("train",), "test": ("test", "val", "validation")}
-
-
-def _fingerprint(files: list[Path], base: Path) -> str:
-    h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.relative_to(base) if p.is_relative_to(base) else p}:{p.stat().st_size}".encode())
-    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------ imagefolder
@@ -65,8 +59,10 @@ def load_imagefolder(root: str | Path, role: str) -> ImageData:
     # data_files named explicitly: given data_dir, datasets infers splits from the folder and file names
     ds = datasets.load_dataset("imagefolder", data_files={"train": str(folder / "**")}, split="train")
     names = [c.replace("_", " ") for c in ds.features["label"].names]
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return ImageData(f"imagefolder:{root}", role, ds, names, _fingerprint(files, root))
+    with inputs.recording() as read:
+        fingerprint = inputs.fingerprint(folder)
+    # your own folders: a 16-bit image is read scaled to 8 bits (its picture), where PIL's convert would clip it
+    return ImageData(f"imagefolder:{root}", role, ds, names, fingerprint, reading="scaled", sources=read)
 
 
 # --------------------------------------------------------------------------------------------------- manifest
@@ -141,6 +137,8 @@ def load_manifest(path: str | Path, role: str, classnames: list[str] | None = No
     images = [str(_image_path(path, rows[i]["path"])) for i in keep]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     ds = datasets.Dataset.from_dict({"image": images, "label": [ids[i] for i in keep]}, features=features)
-    h = hashlib.sha256(path.read_bytes())
-    h.update(_fingerprint([Path(p) for p in images], path.parent).encode())
-    return ImageData(f"manifest:{path}", role, ds, [n.replace("_", " ") for n in names], h.hexdigest()[:16])
+    with inputs.recording() as read:
+        h = hashlib.sha256(inputs.fingerprint(path).encode())
+        h.update(inputs.files_fingerprint([Path(p) for p in images], path.parent).encode())
+    return ImageData(f"manifest:{path}", role, ds, [n.replace("_", " ") for n in names], h.hexdigest()[:16],
+                     reading="scaled", sources=read)

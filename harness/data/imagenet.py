@@ -6,7 +6,6 @@ open_clip's, looked up by WordNet id.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -77,11 +76,10 @@ def load(split: str, root: str | os.PathLike | None = None) -> ImageData:
         ds = datasets.load_dataset("imagefolder", data_files={"train": str(folder / "**")}, split="train")
         index = {w: i for i, w in enumerate(wnids())}
         names = [classnames()[index[w]] for w in ds.features["label"].names]
-        h = hashlib.sha256()
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                h.update(f"{p.relative_to(folder)}:{p.stat().st_size}".encode())
-        return ImageData("imagenet", split, ds, names, h.hexdigest()[:16])
+        from .catalog import local_fingerprint
+
+        fingerprint, sources = local_fingerprint(folder)
+        return ImageData("imagenet", split, ds, names, fingerprint, sources=sources)
     try:
         ds = datasets.load_dataset("ILSVRC/imagenet-1k", split=split)
     except Exception as e:
@@ -92,4 +90,7 @@ def load(split: str, root: str | os.PathLike | None = None) -> ImageData:
             "ILSVRC/imagenet-1k, log in, "
             f"and fill the cache once online (HF_DATASETS_OFFLINE=0). Cause: {type(e).__name__}: {e}"
         ) from e
-    return ImageData("imagenet", split, ds, classnames(), ds._fingerprint)
+    from .catalog import hub_fingerprint
+
+    fingerprint, sources = hub_fingerprint(ds)
+    return ImageData("imagenet", split, ds, classnames(), fingerprint, sources=sources)

@@ -26,8 +26,13 @@ class ImageData:
     split: str
     dataset: object  # datasets.Dataset with "image" and "label" columns
     classnames: list[str]
-    fingerprint: str  # identifies the content: part of every feature-cache key
+    fingerprint: str  # identifies the files (harness.infra.inputs): part of every cache key of its images
     templates: list[str] | dict[str, list[str]] | None = None  # zero-shot prompts ("{}" for the class name)
+    # how a stored image becomes RGB (to_rgb): "convert", PIL's own conversion, as the peers that publish numbers on
+    # this data set read it (CLIP_benchmark, webdataset's "pil" decoder, torchvision's ImageFolder: a 16-bit image
+    # clipped at 255); "scaled", a 16-bit image scaled to 8 bits (your own folders: the picture, not its clipping)
+    reading: str = "convert"
+    sources: dict = dataclasses.field(default_factory=dict)  # {path: fingerprint} of the files it was read from
 
     def with_names(self, classnames: list[str]) -> ImageData:
         return self._replace(classnames=list(classnames))
@@ -65,6 +70,16 @@ class ImageData:
     def labels(self) -> np.ndarray:
         # one column read from Arrow at once (indexing the column iterates row by row)
         return np.asarray(self.dataset.select_columns(["label"]).with_format("numpy")[:]["label"])
+
+    @property
+    def identity(self) -> dict:
+        """What a cache of this split's images must be keyed by: its files, its split, its reading, and its labels
+        and class names (a class-name mapping changed over the same files changes every label)."""
+        import hashlib
+
+        return {"files": self.fingerprint, "split": self.split, "reading": self.reading,
+                "labels": hashlib.sha256(np.ascontiguousarray(self.labels, np.int64).tobytes()).hexdigest()[:16],
+                "classnames": hashlib.sha256("\0".join(self.classnames).encode()).hexdigest()[:16]}
 
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # training-set pixel mean and standard deviation
@@ -119,6 +134,11 @@ class GrayscaleTransform:
         x = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
         return ((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD)[None].expand(self.channels, -1, -1).contiguous()
 
+    @staticmethod
+    def geometry(image: Image.Image) -> torch.Tensor:
+        """The uint8 part: (1, H, W), one grey plane (harness.data.transforms.preprocess)."""
+        return torch.from_numpy(np.array(image.convert("L"), dtype=np.uint8))[None]
+
 
 def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Indices of `per_class` examples of every class, drawn with a fixed seed, in increasing order.
@@ -135,13 +155,10 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
     return np.sort(np.concatenate(chosen))
 
 
-def to_pil(image) -> Image.Image:
-    """A PIL RGB image from a PIL image, a (H, W) / (H, W, C) uint8 array, datasets' {"bytes","path"}, or an
-    image in a webdataset shard (harness.data.wds: {"shard", "member", "offset", "size"}).
-
-    Every mode becomes RGB: grayscale (L, LA, 1) as 3 identical channels, palette (P, PA) through its colours,
-    CMYK through PIL's conversion, 16-bit grayscale (I;16) scaled to 8 bits (PIL's own conversion would clip it
-    at 255), alpha dropped."""
+def decode(image) -> Image.Image:
+    """The stored image as PIL decodes it (mode untouched, pixels loaded): from a PIL image, a (H, W) / (H, W, C)
+    uint8 array, datasets' {"bytes","path"}, or an image in a webdataset shard (harness.data.wds: {"shard",
+    "member", "offset", "size"}). A corrupt or truncated file fails here."""
     if image is None:
         raise ValueError("no image")
     if isinstance(image, dict) and "shard" in image:  # a sample of a webdataset shard
@@ -153,23 +170,36 @@ def to_pil(image) -> Image.Image:
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image.astype(np.uint8, copy=False))  # datasets' numpy format widens to int64
     image.load()  # decode now, so that a corrupt file fails here
-    if image.mode.startswith("I;16"):
+    return image
+
+
+def to_rgb(image: Image.Image, reading: str = "convert") -> Image.Image:
+    """An RGB image. reading "convert": PIL's own conversion, what CLIP_benchmark, webdataset and torchvision do (a
+    16-bit grayscale image is clipped at 255, alpha dropped, a palette through its colours). "scaled": the same,
+    but a 16-bit grayscale image (I;16) scaled to 8 bits (value // 257) before: its picture, not its clipping."""
+    if reading == "scaled" and image.mode.startswith("I;16"):
         image = Image.fromarray((np.asarray(image, dtype=np.uint32) // 257).astype(np.uint8))
     elif image.mode in ("P", "PA"):
         image = image.convert("RGBA")  # a palette with transparency goes through RGBA, as PIL advises
     return image.convert("RGB")
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """(transformed image, label, index) for the rows `indices` of an ImageData; None for an unreadable image."""
+def to_pil(image, reading: str = "convert") -> Image.Image:
+    """decode, then to_rgb."""
+    return to_rgb(decode(image), reading)
 
-    def __init__(self, data: ImageData, transform, indices: np.ndarray | None = None):
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(transformed image, label, index) for the rows `indices` of an ImageData; None for an unreadable image.
+    The image is read in the data set's reading (to_rgb) unless `raw`: then the transform gets it as decoded."""
+
+    def __init__(self, data: ImageData, transform, indices: np.ndarray | None = None, raw: bool = False):
         import datasets
 
         self.ds = data.dataset
         if isinstance(self.ds.features["image"], datasets.Image):  # decode ourselves, to catch corrupt files
             self.ds = self.ds.cast_column("image", datasets.Image(decode=False))
-        self.transform = transform
+        self.transform, self.reading, self.raw = transform, data.reading, raw
         self.indices = np.arange(len(data)) if indices is None else np.asarray(indices)
 
     def __len__(self) -> int:
@@ -179,7 +209,8 @@ class ImageDataset(torch.utils.data.Dataset):
         idx = int(self.indices[i])
         row = self.ds[idx]
         try:
-            image = self.transform(to_pil(row["image"]))
+            image = decode(row["image"])
+            image = self.transform(image if self.raw else to_rgb(image, self.reading))
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated / corrupt files; no image
             return None, idx, f"{image_name(row['image'], idx)}: {type(e).__name__}: {e}"
         except Image.DecompressionBombError as e:  # larger than twice PIL.Image.MAX_IMAGE_PIXELS

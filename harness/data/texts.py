@@ -1,4 +1,6 @@
-"""Class names and zero-shot templates from files, per data set: a text file (one per line), a JSON list, or
+"""Class names and zero-shot templates from files, per data set: a text file (one per line; a blank line between
+entries is refused by name, since readers disagree on it — CLIP_benchmark 1.6 keeps it as an empty class, 1.4 drops
+it and shifts every later class against its labels), a JSON list, or
 CLIP_benchmark's JSON files as they are — an object whose keys are data-set names (`--custom_classname_file`,
 `--custom_template_file`: {"cifar10": ["airplane", ...]}, {"cifar10": ["a photo of a {c}.", ...]}). Templates
 take the class name where they say "{}" or CLIP_benchmark's "{c}". A CuPL-style file, whose entries map each class
@@ -18,12 +20,23 @@ def _read(source, dataset: str, what: str):
     """A list (or a class -> prompts dict) from `source`: a list given inline, or a file."""
     if isinstance(source, (list, tuple, dict)):
         return source
+    from ..infra import inputs
+
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"{what} file {path} for data set {dataset!r} does not exist")
+    inputs.fingerprint(path)  # a finished unit that read it is computed again when it changes
     text = path.read_text(encoding="utf-8")
     if path.suffix != ".json":
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        lines = [line.strip() for line in text.splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()  # blank lines at the end say nothing
+        blank = [i + 1 for i, line in enumerate(lines) if not line]
+        if blank:  # CLIP_benchmark 1.6's reader keeps it (an empty class), 1.4's drops it (every later class moves)
+            raise ConfigError(f"{what} file {path}: line {blank[0]} is blank ({len(blank)} blank line(s) between "
+                              f"entries): one {what.replace('-', ' ')} per line, none empty — remove the blank lines "
+                              "(kept, it would be an empty entry; dropped, every later class index would shift)")
+        return lines
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:

@@ -8,6 +8,13 @@ uint8 antialiased resize follows PIL's (fixed point, rounded between passes; on 
 9 of 30,720 pixels one grey level apart, 28 -> 248 0.3% up to two levels, the rest equal), then the same
 arithmetic for ToTensor and Normalize. A transform it does not recognise returns None: the caller keeps
 the per-image path.
+
+`preprocess(transform)` splits a model's preprocessing where its images become floats: the geometry (decode,
+resize, crop — uint8 in, uint8 out) and the finish (ToTensor's division by 255, Normalize), run as one batch on the
+device. Decoded images are kept as uint8 (a quarter of float32's bytes; grayscale as one plane), and `describe`
+gives the cache key of a transform from what it computes — the class and its parameters — never from its repr or
+its address: a step the harness cannot describe (a torchvision Lambda, any user object) gives None, and nothing
+keyed by it is reused.
 """
 
 from __future__ import annotations
@@ -30,6 +37,15 @@ class BatchTransform:
     channels: int = 3  # grayscale input is repeated to this many channels (PIL's convert("RGB"))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.geometry(images))
+
+    @property
+    def finish(self) -> Finish:
+        """ToTensor's division and Normalize, the grayscale plane repeated to `channels`."""
+        return Finish(255.0, self.mean, self.std, None, self.channels)
+
+    def geometry(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W) or (B, H, W, C) -> uint8 (B, C', crop, crop); C' = 1 for grayscale (repeated in finish)."""
         from torchvision.transforms.v2 import functional as TF
 
         x = images if images.ndim == 4 else images[..., None]  # (B, H, W, C) uint8
@@ -39,11 +55,33 @@ class BatchTransform:
                           antialias=True)
         if self.crop is not None:
             x = TF.center_crop(x, [self.crop, self.crop])
-        if x.shape[1] == 1 and self.channels != 1:  # grayscale: channels made after resizing, one plane resized
+        return x.contiguous()  # grayscale stays one plane: channels are made after resizing, in finish
+
+
+@dataclass(frozen=True)
+class Finish:
+    """uint8 (B, C, H, W) -> float32, on whatever device the batch is: ToTensor's division (`divide`), Normalize's
+    subtraction and division (`mean`, `std`), a rescale (`multiply`), one plane repeated to `channels` — the same
+    float32 operations, in the same order, as the per-image transforms run, so the numbers are bit for bit theirs."""
+
+    divide: float | None = 255.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    multiply: float | None = None
+    channels: int | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32)
+        if self.divide is not None:
+            x = x.div(self.divide)
+        if self.mean is not None:
+            x = x.sub(torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)).div(
+                torch.tensor(self.std, device=x.device).view(1, -1, 1, 1))
+        if self.multiply is not None:
+            x = x * self.multiply
+        if self.channels is not None and x.shape[1] == 1 and self.channels != 1:
             x = x.expand(-1, self.channels, -1, -1)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return ((x.float() / 255.0 - mean) / std).contiguous()  # ToTensor, then Normalize
+        return x.contiguous()
 
 
 def _size(value) -> int | None:
@@ -93,3 +131,130 @@ def batched(transform) -> BatchTransform | None:
     if not to_tensor or mean is None or len(mean) != 3:
         return None
     return BatchTransform(resize, interpolation, crop, mean, std, 3)
+
+
+# ------------------------------------------------------------------------------------------- content keys
+# where steps are taken as what their parameters say: their classes are the libraries' own, their attributes data
+DESCRIBED_MODULES = ("torchvision.transforms", "timm.data", "open_clip.transform", "harness.")
+
+
+def _value(v):
+    """A parameter as JSON-able data, or raise TypeError for anything that could hold code."""
+    import enum
+
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, enum.Enum):
+        return f"{type(v).__name__}.{v.name}"
+    if isinstance(v, (list, tuple)):
+        return [_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _value(x) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(v, torch.Tensor):
+        return [str(v.dtype), v.detach().cpu().flatten().tolist()]
+    if hasattr(v, "tolist") and hasattr(v, "dtype"):  # a numpy array or scalar
+        return [str(v.dtype), v.tolist()]
+    raise TypeError(type(v).__name__)
+
+
+def describe(transform) -> dict | None:
+    """What `transform` computes, as data — its class (module and name) and its parameters, steps of a Compose in
+    order — or None when that cannot be known: a class outside torchvision's, timm's, open_clip's and the harness's
+    transforms, a Lambda (its function is code), a function, or a parameter that is not plain data. Two transforms
+    with the same description compute the same images; None is never equal to anything (nothing is reused)."""
+    import types
+
+    cls = type(transform)
+    if isinstance(transform, types.FunctionType):  # a library's module-level step (open_clip's _convert_to_rgb)
+        name = f"{transform.__module__}.{transform.__qualname__}"
+        return {"function": name} if transform.__module__.startswith(DESCRIBED_MODULES) and "<" not in name \
+            else None
+    if not cls.__module__.startswith(DESCRIBED_MODULES) or cls.__name__ == "Lambda":
+        return None
+    own = getattr(transform, "describe", None)
+    if callable(own) and cls.__module__.startswith("harness."):
+        return {"class": f"{cls.__module__}.{cls.__qualname__}", **own()}
+    if isinstance(getattr(transform, "transforms", None), (list, tuple)):
+        steps = [describe(t) for t in transform.transforms]
+        return None if any(s is None for s in steps) else {"class": f"{cls.__module__}.{cls.__qualname__}",
+                                                             "steps": steps}
+    state = {k: v for k, v in vars(transform).items() if not k.startswith("_") and k != "training"} \
+        if hasattr(transform, "__dict__") else {}
+    if any(callable(v) and not isinstance(v, type) for v in state.values()):
+        return None
+    try:
+        return {"class": f"{cls.__module__}.{cls.__qualname__}", **{k: _value(v) for k, v in sorted(state.items())}}
+    except TypeError:
+        return None
+
+
+@dataclass
+class Preprocess:
+    """A model's preprocessing split where images become floats (module docstring).
+
+    geometry: PIL image -> uint8 (C, H, W) tensor (every step before the transform's ToTensor), or None when the
+              transform does not split: the whole transform runs per image and its float output is kept;
+    finish:   the float part, run on a batch on the device (None: nothing left to run);
+    batch:    the same geometry for a whole uint8 batch of in-memory images (BatchTransform), or None;
+    key:      describe(transform), None when the transform cannot be described (nothing is reused);
+    raw:      whether the transform reads the image as decoded (a Hugging Face processor composites transparency
+              itself) instead of the data set's RGB reading."""
+
+    transform: object
+    geometry: object | None
+    finish: Finish | None
+    batch: BatchTransform | None
+    key: dict | None
+    raw: bool = False
+
+
+_TO_TENSOR = ("ToTensor", "MaybeToTensor")
+
+
+def _pil_to_uint8(image) -> torch.Tensor:
+    """ToTensor's reading of an 8-bit PIL image, without its division: uint8 (C, H, W)."""
+    import numpy as np
+
+    if image.mode not in ("L", "RGB", "RGBA", "LA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+        raise ValueError(f"an image of mode {image.mode} reached ToTensor: the preprocessing expects 8-bit images")
+    x = torch.from_numpy(np.array(image, np.uint8, copy=True))
+    x = x.view(image.size[1], image.size[0], len(image.getbands()))
+    return x.permute((2, 0, 1)).contiguous()
+
+
+class _Steps:
+    """The steps of a Compose before its ToTensor, then ToTensor's reading: PIL -> uint8 (C, H, W)."""
+
+    def __init__(self, steps: list):
+        self.steps = steps
+
+    def __call__(self, image) -> torch.Tensor:
+        for step in self.steps:
+            image = step(image)
+        return _pil_to_uint8(image)
+
+
+def preprocess(transform) -> Preprocess:
+    """The Preprocess of a model's transform (see Preprocess)."""
+    from .images import GrayscaleTransform
+
+    key = describe(transform)
+    fast = batched(transform)
+    split = getattr(transform, "split", None)
+    if callable(split) and type(transform).__module__.startswith("harness."):  # the harness's own transforms
+        geometry, finish = split()
+        return Preprocess(transform, geometry, finish, fast, key, bool(getattr(transform, "raw_images", False)))
+    if isinstance(transform, GrayscaleTransform):
+        return Preprocess(transform, transform.geometry, fast.finish, fast, key)
+    steps = list(getattr(transform, "transforms", None) or [])
+    names = [type(s).__name__ for s in steps]
+    at = next((i for i, n in enumerate(names) if n in _TO_TENSOR), None)
+    after = steps[at + 1:] if at is not None else []
+    if at is None or not type(steps[at]).__module__.startswith(DESCRIBED_MODULES) or len(after) > 1 or any(
+            type(s).__name__ != "Normalize" or getattr(s, "inplace", False) for s in after):
+        return Preprocess(transform, None, None, None, key)  # runs whole, per image
+    mean = std = None
+    if after:
+        mean = tuple(float(v) for v in torch.as_tensor(after[0].mean, dtype=torch.float32).flatten())
+        std = tuple(float(v) for v in torch.as_tensor(after[0].std, dtype=torch.float32).flatten())
+    return Preprocess(transform, _Steps(steps[:at]), Finish(255.0, mean, std), fast, key)

@@ -6,21 +6,11 @@ converted from it (same weights, same preprocessing), and the two are compared i
 
 from __future__ import annotations
 
-import sys
-import time
-
-import numpy as np
 import pandas as pd
 
-from .. import data, models
+from .. import data, models, tasks
 from ..data.catalog import dataset_means
-from ..data.images import balanced_subset
-from ..infra import predictions
 from ..infra.suite import ConfigError, Context, Table
-from ..methods import paired
-from ..methods.features import extract, extraction_options
-from ..methods.probe import linear_probe, sklearn_probe
-from ..models import Model
 
 PARALLEL = "data"  # under torchrun every rank extracts a shard of each model's features (harness.infra.distributed)
 CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are faster (run --processes)
@@ -53,81 +43,20 @@ def units(config: dict, ctx: Context) -> list[str]:
     return [f"probe:{models.parse(m).id}" for m in config["models"]]
 
 
-def _load_data(spec: data.DataSpec, seed: int):
-    """The train and test splits, and the rows of each that are probed: `train_per_class` / `test_per_class` of
-    every class (balanced, drawn with the seed) when the declaration asks for them, else all."""
-    train, test = data.load(spec, "train"), data.load(spec, "test")
-    per_class = spec.options
-    train_idx = balanced_subset(train.labels, per_class["train_per_class"], seed) \
-        if per_class.get("train_per_class") else None
-    test_idx = balanced_subset(test.labels, per_class["test_per_class"], seed) \
-        if per_class.get("test_per_class") else None
-    return train, test, train_idx, test_idx
-
-
-def _probe(encoder: Model, config: dict, ctx: Context, datasets, check_sklearn: bool = True):
-    """(row, test predictions, (train features, test features)) of one encoder."""
-    train, test, train_idx, test_idx = datasets
-    cache = ctx.cache_dir if ctx.use_cache else None
-    common = dict(model_id=encoder.id, weights=encoder.weights, device=ctx.device, cache_dir=cache,
-                  **extraction_options(config))
-    def log(phase: str, seconds: float) -> None:  # as each phase ends, in the unit's log (stderr)
-        print(f"linear_probe {encoder.id} on {train.name}: {phase} {seconds:.1f} s", file=sys.stderr, flush=True)
-
-    t0 = time.perf_counter()
-    encoder.module.eval()
-    ftr = extract(encoder.encode_image, train, encoder.transform, indices=train_idx, desc=f"{encoder.id} train",
-                  **common)
-    fte = extract(encoder.encode_image, test, encoder.transform, indices=test_idx, desc=f"{encoder.id} test",
-                  **common)
-    t1 = time.perf_counter()
-    log("extraction", t1 - t0)
-    res = linear_probe(ftr.features, ftr.labels, fte.features, fte.labels, num_classes=len(train.classnames),
-                       seed=ctx.seed, device=ctx.device, val_fraction=config.get("val_fraction", 0.1),
-                       sweep_max_images=config.get("sweep_max_images"), log=log)
-    t2 = time.perf_counter()
-    row = {
-        "model": encoder.id, "library": encoder.library, "dataset": train.name,
-        "train_images": len(ftr.labels), "test_images": len(fte.labels), "feature_dim": ftr.features.shape[1],
-        "top1": res.top1, "top1_ci_low": res.top1_ci[0], "top1_ci_high": res.top1_ci[1], "top5": res.top5,
-        "mean_per_class_recall": res.mean_per_class_recall, "strength": res.strength, "iterations": res.iterations,
-        "skipped_images": len(ftr.skipped) + len(fte.skipped),
-        "feature_chunks_reused": ftr.from_cache + fte.from_cache,
-        "feature_chunks_computed": ftr.computed + fte.computed,
-        "extract_seconds": t1 - t0, "probe_seconds": t2 - t1, "weights_hash": encoder.weights,
-    }
-    if check_sklearn:
-        sk_top1, _ = sklearn_probe(ftr.features, ftr.labels, fte.features, fte.labels, res.strength)
-        row.update(sklearn_top1=sk_top1, sklearn_diff=res.top1 - sk_top1, sklearn_seconds=time.perf_counter() - t2)
-        log("scikit-learn check", row["sklearn_seconds"])
-    predictions.attach(row, fte.indices, fte.labels, res.ranked, res.margin)
-    return row, res, (ftr.features, fte.features, fte.labels)
-
-
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     model_id = unit.partition(":")[2]
     spec = next(s for s in map(models.parse, config["models"]) if s.id == model_id)
     encoder = models.resolve(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
-    weights = spec.weights
+    encoders = [encoder] + ([models.reference(encoder)] if spec.with_reference else [])
+    opts = tasks.Options.of_suite(config, ctx)
     rows = []
     for d in map(data.parse, config["datasets"]):
-        datasets = _load_data(d, ctx.seed)
         published = config.get("published", {}).get(d.name, {}).get(model_id, {})
         size = {"per_class": d.options["train_per_class"]} if d.options.get("train_per_class") else {}
-        row, res, feats = _probe(encoder, config, ctx, datasets)
-        rows.append({**row, "weights": weights, **size, **published})
-        if spec.with_reference:
-            # the reference's features equal the library's to round-off: the scikit-learn check is not run again
-            ref_row, ref_res, ref_feats = _probe(models.reference(encoder), config, ctx, datasets,
-                                                 check_sklearn=False)
-            # the reference against the library model it was converted from, image by image
-            ref_row.update(paired.agreement(res.predictions, ref_res.predictions, feats[2]))
-            ref_row["feature_max_rel_diff"] = max(float(np.abs(r - f).max() / np.abs(f).max())
-                                                  for r, f in zip(ref_feats[:2], feats[:2]))
-            ref_row.update(paired.agreement_verdict(
-                vars(res), vars(ref_res), ref_row["feature_max_rel_diff"], "feature_max_rel_diff",
-                config.get("autocast")))
-            rows.append({**ref_row, "weights": weights, **size, **published})
+        for row in tasks.probe_rows(encoders, d, opts, {}, val_fraction=config.get("val_fraction", 0.1),
+                                    sweep_max_images=config.get("sweep_max_images"), check_sklearn=True,
+                                    autocast=config.get("autocast")):
+            rows.append({**row, "weights_hash": encoder.weights, "weights": spec.weights, **size, **published})
     return rows
 
 

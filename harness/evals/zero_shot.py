@@ -11,27 +11,18 @@ templates, beside open_clip's published top-1; the reference CLIP converted from
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
-from .. import data, models
+from .. import data, models, tasks
 from ..convert.open_clip import to_open_clip
 from ..data import catalog, datacomp
 from ..data.images import GrayscaleTransform, balanced_subset
 from ..infra import predictions
 from ..infra.suite import Context, Table
-from ..methods import paired, task_metrics
-from ..methods.classifier import OUTPUTS, classification_metrics, retrieval_recall, zero_shot_classifier
+from ..methods import task_metrics
 from ..methods.clip_runs import attributes, caption, raw, tokenizer, trained_clip
-from ..methods.features import extract, extraction_options, weights_hash
-from ..methods.probe import linear_probe
 
-RECALL_KS = (1, 5, 10)
+RECALL_KS = tasks.RECALL_KS
 PARALLEL = "data"  # under torchrun every rank extracts a shard of the features (harness.infra.distributed)
 
 
@@ -67,89 +58,70 @@ def units(config: dict, ctx: Context) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------------- evaluation
-def _features(encode, data, transform, idx, model_id: str, weights: str, config: dict, ctx: Context, desc: str):
-    cache = ctx.cache_dir if ctx.use_cache else None
-    return extract(encode, data, transform, indices=idx, model_id=model_id, weights=weights, device=ctx.device,
-                   cache_dir=cache, desc=desc, **extraction_options(config))
-
-
 def _eval_default(config: dict, ctx: Context) -> list[dict]:
+    """The profile's own CLIP: zero-shot with held-out and training templates, the linear probe on its image tower,
+    retrieval over captioned test images, and open_clip carrying the same weights (its own classifier builder) as
+    the twin whose verdict is judged (harness.tasks)."""
+    import open_clip
+
     model, stats = trained_clip(config, ctx.device, ctx.cache_dir)
     spec, d = config["train"], config["data"]
     test = data.load(d["name"], d["split"])
     train_set = data.load(spec["data"]["name"], "train")
     names, held_out = config["classnames"], list(config["templates"])
     tok = tokenizer(spec["model"]["text"]["context_length"])
-    transform = GrayscaleTransform(channels=3)
-    weights = weights_hash(model)
+    opts = tasks.Options.of_suite(config, ctx)
+    own = models.Model(models.ModelSpec("zero_shot", spec["id"], spec["id"]), "reference", model, model.encode_image,
+                       GrayscaleTransform(channels=3), image_tower=model.visual, encode_text=model.encode_text,
+                       tokenizer=tok)
     common = {"weights": f"trained ({spec['id']})", "dataset": d["name"], "temperature": stats["temperature"],
               "logit_scale": stats["logit_scale"], "train_images": stats["train_images"]}
+    base = {"model": spec["id"], "library": "reference"}
 
     test_idx = balanced_subset(test.labels, d["test_per_class"], seed=0)
-    feats = _features(model.encode_image, test, transform, test_idx, spec["id"], weights, config, ctx, "test")
-    image_features = torch.from_numpy(feats.features)
-    rows, preds, classifiers = [], {}, {}
+    rows, done = [], {}
     for label, temps in (("held-out", held_out), ("training", spec["templates"])):
-        classifiers[label] = zero_shot_classifier(model, tok, names, temps, device=ctx.device)
-        m = classification_metrics(image_features, classifiers[label].cpu(), feats.labels)
-        out = {k: m.pop(k) for k in OUTPUTS}
-        preds[label] = out
+        c = done[label] = tasks.classify(own, test, test_idx, names, temps, opts, desc="test")
         rows.append(predictions.attach(
-            {"model": spec["id"], "library": "reference", "task": "classification",
-             "templates": f"{label} ({len(temps)})", "images": len(feats.labels), **m, **common},
-            feats.indices, feats.labels, out["ranked"], out["margin"]))
+            {**base, "task": "classification", "templates": f"{label} ({len(temps)})", "images": len(c.feats.labels),
+             **c.metrics, **common}, c.feats.indices, c.feats.labels, c.outputs["ranked"], c.outputs["margin"]))
 
     # the linear probe on the same image tower (its embeddings), beside zero-shot
     probe_idx = balanced_subset(train_set.labels, config["probe"]["train_per_class"], seed=0)
-    ftr = _features(model.encode_image, train_set, transform, probe_idx, spec["id"], weights, config, ctx,
-                    "probe train")
-    res = linear_probe(ftr.features, ftr.labels, feats.features, feats.labels, num_classes=len(names),
-                       seed=ctx.seed, device=ctx.device, val_fraction=config["probe"]["val_fraction"])
+    res, ftr, fte = tasks.probe(own, train_set, test, probe_idx, test_idx, opts,
+                                val_fraction=config["probe"]["val_fraction"])
     rows.append(predictions.attach(
-        {"model": spec["id"], "library": "reference", "task": "linear probe", "templates": "",
-         "images": len(feats.labels), "top1": res.top1, "top5": res.top5,
-         "mean_per_class_recall": res.mean_per_class_recall, "probe_train_images": len(ftr.labels), **common},
-        feats.indices, feats.labels, res.ranked, res.margin))
+        {**base, "task": "linear probe", "templates": "", "images": len(fte.labels), "top1": res.top1,
+         "top5": res.top5, "mean_per_class_recall": res.mean_per_class_recall, "probe_train_images": len(ftr.labels),
+         **common}, fte.indices, fte.labels, res.ranked, res.margin))
 
     # retrieval: the first retrieval_per_class test images of each class, one held-out-template caption each
     r_idx = balanced_subset(test.labels, d["retrieval_per_class"], seed=0)
     size, tone, _ = attributes(raw(test, r_idx), tuple(stats["attribute_thresholds"]))
     texts = [caption(held_out[j % len(held_out)], names[test.labels[i]], size[j], tone[j])
              for j, i in enumerate(r_idx)]
-    with torch.no_grad():
-        text_features = model.encode_text(tok(texts).to(ctx.device)).cpu()
-    rf = _features(model.encode_image, test, transform, r_idx, spec["id"], weights, config, ctx, "retrieval")
-    rec = retrieval_recall(torch.from_numpy(rf.features), text_features, np.arange(len(r_idx)), RECALL_KS)
-    rows.append({"model": spec["id"], "library": "reference", "task": "retrieval",
-                 "templates": f"held-out ({len(held_out)})", "images": len(r_idx), "captions": len(texts),
-                 "distinct_captions": len(set(texts)), **rec,
-                 **{f"chance_R@{k}": 100.0 * k / len(r_idx) for k in RECALL_KS}, **common})
+    rec = tasks.retrieval(own, test, texts, r_idx, opts, indices=r_idx, desc="retrieval", text_batch=len(texts))
+    rows.append({**base, "task": "retrieval", "templates": f"held-out ({len(held_out)})", **rec,
+                 "distinct_captions": len(set(texts)), **common})
 
     # open_clip with the same weights: the same classifier (open_clip's own builder) and the same predictions
     oc = to_open_clip(model)
-    import open_clip
-
-    clf_ref = classifiers["held-out"]
-    clf_oc = open_clip.build_zero_shot_classifier(oc, tok, names, held_out, device=ctx.device)
-    oc_feats = _features(oc.encode_image, test, transform, test_idx, f"{spec['id']} (open_clip)", weights,
-                         config, ctx, "test (open_clip)")
-    m = classification_metrics(torch.from_numpy(oc_feats.features), clf_oc.cpu(), oc_feats.labels)
-    out = {k: m.pop(k) for k in OUTPUTS}
+    twin = models.Model(models.ModelSpec("zero_shot", spec["id"], f"{spec['id']} (open_clip)"), "open_clip", oc,
+                        oc.encode_image, GrayscaleTransform(channels=3), image_tower=oc.visual,
+                        encode_text=oc.encode_text, tokenizer=tok, weights_of=own)
+    clf_oc = open_clip.build_zero_shot_classifier(oc, tok, names, held_out, device=ctx.device).cpu()
+    ref, c = done["held-out"], tasks.classify(twin, test, test_idx, names, held_out, opts, clf=clf_oc,
+                                              desc="test (open_clip)")
+    gap = (ref.classifier - c.classifier).abs().max().item()
+    drift = tasks.rel_diff(c.feats.features, ref.feats.features)
     rows.append(predictions.attach(
-        {"model": spec["id"], "library": "open_clip", "task": "classification",
-         "templates": f"held-out ({len(held_out)})", "images": len(oc_feats.labels), **m, **common,
-         "classifier_max_abs_diff": (gap := (clf_ref - clf_oc).abs().max().item()),
-         "feature_max_rel_diff": (drift := _rel_diff(oc_feats.features, feats.features)),
-         **paired.agreement(preds["held-out"]["predictions"], out["predictions"], feats.labels),
-         **paired.agreement_verdict(preds["held-out"], out, max(gap, drift),
-                                    "classifier_max_abs_diff and feature_max_rel_diff", config.get("autocast"))},
-        oc_feats.indices, oc_feats.labels, out["ranked"], out["margin"]))
+        {**base, "library": "open_clip", "task": "classification", "templates": f"held-out ({len(held_out)})",
+         "images": len(c.feats.labels), **c.metrics, **common, "classifier_max_abs_diff": gap,
+         "feature_max_rel_diff": drift,
+         **tasks.verdict(ref.outputs, c.outputs, ref.feats.labels, max(gap, drift),
+                         "classifier_max_abs_diff and feature_max_rel_diff", config.get("autocast"))},
+        c.feats.indices, c.feats.labels, c.outputs["ranked"], c.outputs["margin"]))
     return rows
-
-
-def _rel_diff(features: np.ndarray, truth: np.ndarray) -> float:
-    """The largest difference of two feature sets over the largest feature (as the linear probe reports it)."""
-    return float(np.abs(features - truth).max() / max(np.abs(truth).max(), 1e-30)) if truth.size else 0.0
 
 
 def zero_shot_sets(config: dict) -> list[data.DataSpec]:
@@ -190,119 +162,12 @@ def _eval_pretrained(spec: models.ModelSpec, config: dict, ctx: Context) -> list
     if not encoder.clip_like:
         raise ValueError(f"{spec.string} is not CLIP-like (it needs encode_text and a tokenizer): zero-shot "
                          "classification needs a text tower; probe it with the linear_probe suite instead")
-    tok = encoder.tokenizer
     encoders = [encoder] + ([models.reference(encoder)] if spec.with_reference else [])
-    rows = []
+    opts = tasks.Options.of_suite(config, ctx)
     sets = zero_shot_sets(config)
-    for ds in sets:
-        common = identity(spec, ds, config, len(sets))
-        kind = data.task(ds)
-        if kind == "retrieval":
-            rows += _retrieval_rows(encoders, tok, ds, config, ctx, common)
-        elif kind == "winogavil":
-            rows += _winogavil_rows(encoders, tok, ds, config, ctx, common)
-        else:
-            dc = datacomp.task(ds.path) if ds.source == "datacomp" else None
-            rows += _classification_rows(encoders, encoder, tok, ds, config, ctx, common, dc)
-    return rows
-
-
-def _classification_rows(encoders, encoder, tok, ds: data.DataSpec, config: dict, ctx: Context,
-                         common: dict, dc: datacomp.Task | None = None) -> list[dict]:
-    import open_clip
-
-    test = data.load(ds, "test")
-    names, temps = test.classnames, test.templates
-    # where the templates came from: the catalog's (or CLIP's plain one), the config's list, or a file
-    label = "catalog" if ds.templates is None else Path(ds.templates).name if isinstance(ds.templates, str) \
-        else "config"
-    per_class = ds.options.get("test_per_class")
-    idx = balanced_subset(test.labels, per_class, seed=0) if per_class else None
-    rows, preds, classifiers, image_features = [], [], [], []
-    for enc in encoders:
-        t0 = time.perf_counter()
-        clf = zero_shot_classifier(enc.module, tok, names, temps, device=ctx.device)
-        feats = _features(enc.encode_image, test, enc.transform, idx, enc.id, enc.weights, config, ctx, enc.id)
-        m = classification_metrics(torch.from_numpy(feats.features), clf.cpu(), feats.labels)
-        out = {k: m.pop(k) for k in OUTPUTS}
-        preds.append(out)
-        image_features.append(feats.features)
-        ranked = out["ranked"]
-        if dc:  # the task's main metric, as DataComp computes it (harness.methods.task_metrics)
-            meta = np.asarray(test.dataset.select_columns(["metadata"])[feats.indices]["metadata"]) if dc.group \
-                else None
-            m["main_metric"] = 100.0 * task_metrics.main_metric(dc.metric, ranked, feats.labels, meta,
-                                                                dc.group[0] if dc.group else None)
-        classifiers.append(clf)
-        rows.append(predictions.attach(
-            {**common, "library": enc.library, "task": "classification", "templates": f"{label} ({len(temps)})",
-             "images": len(feats.labels), **m, "skipped_images": len(feats.skipped),
-             "seconds": time.perf_counter() - t0}, feats.indices, feats.labels, ranked, out["margin"]))
-        labels = feats.labels
-    # harness.zero_shot_classifier against open_clip's own builder, on the model's own text tower (it takes one
-    # list of templates for every class)
-    if not isinstance(temps, dict):
-        rows[0]["classifier_max_abs_diff"] = (classifiers[0] - open_clip.build_zero_shot_classifier(
-            encoder.module, tok, names, temps, device=ctx.device)).abs().max().item()
-    if len(rows) == 2:  # the reference twin against the model it was converted from
-        rows[1]["classifier_max_abs_diff"] = gap = (classifiers[1] - classifiers[0]).abs().max().item()
-        rows[1]["feature_max_rel_diff"] = drift = _rel_diff(image_features[1], image_features[0])
-        rows[1].update(paired.agreement(preds[0]["predictions"], preds[1]["predictions"], labels))
-        rows[1].update(paired.agreement_verdict(preds[0], preds[1], max(gap, drift),
-                                                "classifier_max_abs_diff and feature_max_rel_diff",
-                                                config.get("autocast")))
-    return rows
-
-
-def _retrieval_rows(encoders, tok, ds: dict, config: dict, ctx: Context, common: dict) -> list[dict]:
-    """Image-text retrieval recall@1/5/10 both ways (CLIP_benchmark's definition) on an image–caption set."""
-    r = data.load_retrieval(ds)
-    rows = []
-    for enc in encoders:
-        t0 = time.perf_counter()
-        feats = _features(enc.encode_image, r.data, enc.transform, None, enc.id, enc.weights, config, ctx, enc.id)
-        with torch.no_grad():
-            text = torch.cat([enc.encode_text(tok(r.captions[i: i + 256]).to(ctx.device)).float().cpu()
-                              for i in range(0, len(r.captions), 256)])
-        kept = {int(row): k for k, row in enumerate(feats.indices)}  # unreadable images drop out, their captions too
-        captions = [j for j, owner in enumerate(r.caption_image) if owner in kept]
-        owners = np.array([kept[r.caption_image[j]] for j in captions])
-        rec = retrieval_recall(torch.from_numpy(feats.features), text[captions], owners, RECALL_KS)
-        # open_clip's table and DataComp report the mean of the two directions' recall@1 (retr_eval.py)
-        rec["mean_R@1"] = (rec["image_to_text_R@1"] + rec["text_to_image_R@1"]) / 2
-        if "datacomp_metric" in common:
-            rec["main_metric"] = rec["mean_R@1"]
-        rows.append({**common, "library": enc.library, "task": "retrieval", "templates": "",
-                     "images": len(feats.labels), "captions": len(captions), **rec,
-                     **{f"chance_R@{k}": 100.0 * k / max(len(feats.labels), 1) for k in RECALL_KS},
-                     "skipped_images": len(feats.skipped), "seconds": time.perf_counter() - t0})
-    return rows
-
-
-def _winogavil_rows(encoders, tok, ds: data.DataSpec, config: dict, ctx: Context, common: dict) -> list[dict]:
-    """WinoGAViL as DataComp scores it (eval_utils/wino_eval.py): for each cue, the candidate images most similar
-    to "A(n) <cue>" — as many as it has associations — against those associations, by Jaccard index."""
-    wino = datacomp.load_winogavil(ds.root)
-    rows = []
-    for enc in encoders:
-        t0 = time.perf_counter()
-        scores, sizes = [], []
-        for ex in tqdm(wino, desc=f"WinoGAViL {enc.id}", leave=False):
-            cue = ex["cue"].lower()
-            prompt = ("An " if cue[:1] in "aeiou" and cue else "A ") + cue
-            images = torch.stack([enc.transform(im.convert("RGB")) for im in ex["candidate_images"]])
-            with torch.no_grad():
-                img = torch.nn.functional.normalize(enc.encode_image(images.to(ctx.device)).float(), dim=-1)
-                txt = torch.nn.functional.normalize(enc.encode_text(tok([prompt]).to(ctx.device)).float(), dim=-1)
-            similarity = (txt @ img.T).squeeze(0).cpu().numpy()
-            truth = np.isin(ex["candidates"], ex["associations"])
-            scores.append(task_metrics.winogavil_instance(similarity, truth))
-            sizes.append(len(images))
-        value = 100.0 * task_metrics.jaccard_10_12(scores, sizes)
-        rows.append({**common, "library": enc.library, "task": "winogavil", "templates": "", "images": len(scores),
-                     "jaccard_all": 100.0 * float(np.mean(scores)) if scores else float("nan"),
-                     "main_metric": value, "seconds": time.perf_counter() - t0})
-    return rows
+    return [row for ds in sets
+            for row in tasks.zero_shot_rows(encoders, ds, opts, identity(spec, ds, config, len(sets)),
+                                            check_open_clip=True, autocast=config.get("autocast"))]
 
 
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:

@@ -111,24 +111,35 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, json.loads(header["meta"])
 
 
-def save_rows(path: Path, rows: list[dict]) -> Path:
+def _rows_digest(body: str, inputs: dict) -> str:
+    return hashlib.sha256((body + json.dumps(inputs, sort_keys=True)).encode()).hexdigest()
+
+
+def save_rows(path: Path, rows: list[dict], inputs: dict[str, str] | None = None) -> Path:
+    """A finished unit's rows, and the fingerprints of the files it read (harness.infra.inputs), with a checksum."""
     body = json.dumps(rows, default=float)  # key order kept: a table's columns come out as the evaluator made them
-    wrapped = {"format": FORMAT, "sha256": hashlib.sha256(body.encode()).hexdigest(), "rows": json.loads(body)}
+    inputs = dict(inputs or {})
+    wrapped = {"format": FORMAT, "sha256": _rows_digest(body, inputs), "rows": json.loads(body), "inputs": inputs}
     return atomic_write_text(path, json.dumps(wrapped))
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_unit(path: Path) -> tuple[list[dict], dict[str, str]]:
+    """(rows, the fingerprints of the files they were computed from) of a file save_rows wrote."""
     path = Path(path)
     try:
         wrapped = json.loads(path.read_text())
-        rows = wrapped["rows"]
-        ok = wrapped.get("format") == FORMAT and isinstance(rows, list)
+        rows, inputs = wrapped["rows"], wrapped.get("inputs", {})
+        ok = wrapped.get("format") == FORMAT and isinstance(rows, list) and isinstance(inputs, dict)
         body = json.dumps(rows, default=float)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise DamagedEntry(f"{path}: not a complete rows file ({type(e).__name__}: {e})") from None
-    if not ok or hashlib.sha256(body.encode()).hexdigest() != wrapped.get("sha256"):
+    if not ok or _rows_digest(body, inputs) != wrapped.get("sha256"):
         raise DamagedEntry(f"{path}: checksum mismatch or written by other code")
-    return rows
+    return rows, inputs
+
+
+def read_rows(path: Path) -> list[dict]:
+    return read_unit(path)[0]
 
 
 def damaged(error: DamagedEntry) -> None:

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import cache, distributed, predictions, results, sweeps
+from . import cache, distributed, inputs, predictions, results, sweeps
 from .suite import (  # noqa: F401  (re-exported: the runner is where a run's protocol is read)
     DEFAULT_CACHE,
     SUITES_DIR,
@@ -72,7 +72,8 @@ class UnitFailed(RuntimeError):
 def _run_one(evaluator, unit: str, config: dict, ctx: Context, path: Path, write: bool) -> list[dict]:
     t0 = time.perf_counter()
     try:
-        unit_rows = evaluator.run_unit(unit, config, ctx)
+        with inputs.recording() as read:  # every file the unit reads: a rerun checks them (_cached)
+            unit_rows = evaluator.run_unit(unit, config, ctx)
     except Exception as e:
         where = f"rank {distributed.rank()} of {distributed.world_size()}: " if distributed.world_size() > 1 else ""
         raise UnitFailed(f"{where}unit {unit!r} failed ({type(e).__name__}: {e}). No table was written; the "
@@ -82,19 +83,29 @@ def _run_one(evaluator, unit: str, config: dict, ctx: Context, path: Path, write
         row.setdefault("unit", unit)
         row.setdefault("unit_seconds", round(seconds, 2))
     if ctx.use_cache and write:
-        cache.save_rows(path, unit_rows)
+        cache.save_rows(path, unit_rows, read)
     return unit_rows
 
 
 def _cached(path: Path) -> list[dict] | None:
-    """A finished unit's rows, or None: not there, or damaged (warned about; the unit runs again)."""
+    """A finished unit's rows, or None: not there, damaged (warned about), or computed from a file that has changed
+    since — a checkpoint overwritten in place, an image rewritten, a class-name file edited (said on stderr): the
+    unit runs again."""
     if not path.exists():
         return None
     try:
-        return cache.read_rows(path)
+        rows, read = cache.read_unit(path)
     except cache.DamagedEntry as e:
         cache.damaged(e)
         return None
+    moved = inputs.changed(read)
+    if moved:
+        import sys
+
+        print(f"{path.stem}: {len(moved)} file(s) it read changed since it was computed (e.g. {moved[0]}): "
+              "computing it again", file=sys.stderr, flush=True)
+        return None
+    return rows
 
 
 @dataclass(frozen=True)

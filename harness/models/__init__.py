@@ -20,9 +20,16 @@ Any other key (a published number, say) is kept in `extra` for the suite.
 
 `resolve(spec)` gives one `Model`: the image encoder and its preprocessing, the text encoder and tokenizer of a
 CLIP-like model, a weights identity for cache keys, and `reference(model)` the reference twin where a converter
-exists. Each library is one module of this package (timm, open_clip, hf, data_scale, zero_shot, python) with the same
-functions (check, load; reference and save_random where they apply); adding a library is adding a module and a
-line to _libraries().
+exists. `wrap(module)` gives the same Model for a module in memory — through the same code: each library's `load`
+builds its module and hands it to that library's `wrap`, so a module evaluated in memory and the same module named
+to the registry get the same preprocessing, tokenizer and features. A torch.compile'd module and a
+DistributedDataParallel / DataParallel one are unwrapped to the module they wrap first.
+
+Each library is one module of this package, registered in LIBRARIES, with the same functions: check(spec),
+load(spec, ...), and where they apply wrap(module, spec, tokenizer), reference(model), has_reference(spec),
+save_random(spec, path) and split(name, weights) (a weights tag in the name, the default weights); MODULES, the
+module prefixes whose nn.Modules it wraps in memory (IN_MEMORY lists those libraries). Adding a library is adding a
+module and its line in LIBRARIES.
 """
 
 from __future__ import annotations
@@ -95,15 +102,20 @@ def closest(name: str, known: list[str]) -> str:
     return f" (closest known: {', '.join(close)})" if close else ""
 
 
-def _libraries() -> dict[str, ModuleType]:
-    from . import data_scale, hf, open_clip, python, timm, zero_shot
-
-    return {"timm": timm, "open_clip": open_clip, "hf": hf, "data_scale": data_scale, "zero_shot": zero_shot,
-            "python": python}
-
-
-LIBRARY_NAMES = ("timm", "open_clip", "hf", "data_scale", "zero_shot", "python")
+# the registry: a library's prefix -> its module (imported when first used). In-memory modules are wrapped by the
+# first library whose MODULES prefixes their class's module; "python" takes any other nn.Module
+LIBRARIES = {"timm": "harness.models.timm", "open_clip": "harness.models.open_clip", "hf": "harness.models.hf",
+             "data_scale": "harness.models.data_scale", "zero_shot": "harness.models.zero_shot",
+             "reference": "harness.models.from_scratch", "python": "harness.models.python"}
+NAMED = ("timm", "open_clip", "hf", "data_scale", "zero_shot", "python")  # the prefixes a declaration may name
+IN_MEMORY = ("timm", "open_clip", "hf", "reference")  # the libraries with MODULES, tried in this order
 SPEC_KEYS = ("model", "id", "weights", "kwargs", "with_reference", "data_cfg")
+
+
+def library(name: str) -> ModuleType:
+    import importlib
+
+    return importlib.import_module(LIBRARIES[name])
 
 
 def parse(spec: str | dict | ModelSpec, weights: str | None = None) -> ModelSpec:
@@ -115,31 +127,50 @@ def parse(spec: str | dict | ModelSpec, weights: str | None = None) -> ModelSpec
     if isinstance(spec, str):
         spec = {"model": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("model"), str):
-        raise ConfigError(f"model {spec!r}: name a model as 'LIBRARY:NAME' ({', '.join(LIBRARY_NAMES)}), e.g. "
+        raise ConfigError(f"model {spec!r}: name a model as 'LIBRARY:NAME' ({', '.join(NAMED)}), e.g. "
                           "'timm:vit_tiny_patch16_224' or 'open_clip:ViT-B-32/openai', or as a dict "
                           "{\"model\": \"timm:vit_tiny_patch16_224\", \"kwargs\": {...}, \"weights\": ...}")
-    library, sep, name = spec["model"].partition(":")
-    if not sep or library not in LIBRARY_NAMES or not name:
+    prefix, sep, name = spec["model"].partition(":")
+    if not sep or prefix not in NAMED or not name:
         raise ConfigError(f"model {spec['model']!r}: expected 'LIBRARY:NAME' with LIBRARY one of "
-                          f"{', '.join(LIBRARY_NAMES)} (your own model: 'python:MODULE:FACTORY')")
-    default_weights = weights or "random"
-    if library == "open_clip" and "/" in name:  # open_clip:ARCH/PRETRAINED
-        name, _, tag = name.partition("/")
-        default_weights = tag
-    if library == "hf":  # a checkpoint's own weights; a class name ("hf:CLIPModel") builds random ones
-        from .hf import is_class_name
-
-        default_weights = "random" if is_class_name(name) else (weights or "pretrained")
-    if library in ("data_scale", "zero_shot"):  # trained by a suite: the table says by which run
-        default_weights = f"trained ({name})"
+                          f"{', '.join(NAMED)} (your own model: 'python:MODULE:FACTORY')")
+    lib = library(prefix)
+    # a library may read a weights tag out of the name (open_clip:ARCH/TAG) and say what its weights default to
+    name, default = lib.split(name, weights) if hasattr(lib, "split") else (name, weights or "random")
     ident = spec.get("id") or (spec["model"].partition(":")[2])
-    return ModelSpec(library, name, ident, spec.get("weights", default_weights), dict(spec.get("kwargs") or {}),
+    return ModelSpec(prefix, name, ident, spec.get("weights", default), dict(spec.get("kwargs") or {}),
                      bool(spec.get("with_reference", False)), spec.get("data_cfg"),
                      {k: v for k, v in spec.items() if k not in SPEC_KEYS})
 
 
 def library_of(spec: ModelSpec) -> ModuleType:
-    return _libraries()[spec.library]
+    return library(spec.library)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module a torch.compile'd module (OptimizedModule) or a DistributedDataParallel / DataParallel wrapper
+    wraps, however deep."""
+    while True:
+        if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+        else:
+            return module
+
+
+def wrap(module: nn.Module, tokenizer: Callable | None = None) -> Model:
+    """The Model of a module in memory, read as its library's registry reads it (module docstring): a timm model
+    with its pretrained_cfg's preprocessing at the size it was built for, an open_clip CLIP with its preprocess
+    config and BPE tokenizer, a transformers model with its checkpoint's processor and tokenizer, a reference ViT
+    or CLIP, any other nn.Module by the python: rules. `tokenizer` replaces the one the library would give."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"a model in memory is an nn.Module, not a {type(module).__name__}")
+    module = unwrap(module)
+    kind = type(module).__module__
+    name = next((n for n in IN_MEMORY if kind.startswith(library(n).MODULES)), "python")
+    spec = ModelSpec(name, type(module).__name__, type(module).__name__, "in memory")
+    return library(name).wrap(module, spec, tokenizer)
 
 
 def check(spec: str | dict | ModelSpec, weights: str | None = None) -> ModelSpec:

@@ -19,6 +19,11 @@ def _config() -> dict:
     return load_suite("data_scale").get_config("default")
 
 
+def split(name: str, weights: str | None) -> tuple[str, str]:
+    """Trained by a suite: the table says by which run."""
+    return name, f"trained ({name})"
+
+
 def check(spec: ModelSpec) -> None:
     arch, *rest = spec.name.split(":")
     known = [a["id"] for a in _config()["architectures"]]

@@ -28,9 +28,12 @@ rows). Such a CLIPModel's tokenizer is open_clip's (the same BPE vocabulary, end
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import Model, ModelSpec
 
@@ -51,6 +54,12 @@ REFUSED = {
 # image backbones whose features are the [CLS] token of last_hidden_state (their pooler is a pretraining head)
 CLS_FEATURES = {"vit", "deit"}
 CLASSES = {cls: model_type for model_type, (cls, _) in MODEL_TYPES.items()}
+MODULES = ("transformers.", "harness.models.hf")  # transformers' models (and this module's wrappers) in memory
+
+
+def split(name: str, weights: str | None) -> tuple[str, str]:
+    """A checkpoint's own weights by default; a class name ("hf:CLIPModel") builds random ones."""
+    return name, "random" if is_class_name(name) else (weights or "pretrained")
 
 
 def _transformers():
@@ -117,13 +126,32 @@ def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cac
     if spec.weights == "random":
         module = cls._from_config(cfg, **extra)
     else:
+        if Path(spec.name).is_dir():
+            inputs.fingerprint(spec.name)  # what a finished unit read (harness.infra.inputs)
         module = cls.from_pretrained(spec.name, **extra)
-    module = module.to(device).eval()
+    return _model(module.to(device).eval(), spec, cfg)
+
+
+def wrap(module: torch.nn.Module, spec: ModelSpec, tokenizer=None) -> Model:
+    """A transformers model in memory (or this module's TwoTowers / Backbone around one): its processor and
+    tokenizer from the checkpoint it was loaded from (config.name_or_path: a folder, or a hub id in the cache), or
+    for a model built from a config alone the processor transformers pairs with its type."""
+    if isinstance(module, (TwoTowers, Backbone)):
+        module = module.hf
+    cfg = module.config
+    source = getattr(cfg, "name_or_path", "") or ""  # built from a config alone: its type's class name
+    cls_name, _ = kind_of(cfg)
+    return _model(module, ModelSpec("hf", source or cls_name, spec.id, "in memory"), cfg, tokenizer)
+
+
+def _model(module: torch.nn.Module, spec: ModelSpec, cfg, tokenizer=None) -> Model:
+    _, kind = kind_of(cfg)
     image_size = _image_size(cfg)
     transform = ProcessorTransform(image_processor(spec, cfg.model_type, image_size))
     input_size = (3, *transform.output_size(image_size))
     if kind == "clip":
-        tokenizer = Tokenizer(spec, cfg) if not is_class_name(spec.name) or cfg.model_type == "clip" else None
+        if tokenizer is None:
+            tokenizer = Tokenizer(spec, cfg) if not is_class_name(spec.name) or cfg.model_type == "clip" else None
         towers = TwoTowers(module)
         return Model(spec, "hf", towers, towers.encode_image, transform, image_tower=module.vision_model,
                      input_size=input_size, encode_text=towers.encode_text if tokenizer else None,
@@ -281,7 +309,27 @@ class ProcessorTransform:
             return self.crop_size["height"], self.crop_size["width"]
         return self.resized_size(image_size, image_size) if self.do_resize else (image_size, image_size)
 
-    def __call__(self, image) -> torch.Tensor:
+    raw_images = True  # it reads the image as decoded: transparency composited onto white, as the processor does
+
+    def describe(self) -> dict:
+        """What it computes (harness.data.transforms.describe): every rule it applies, as data."""
+        return {"processor": self.name, "resize": self.size if self.do_resize else None,
+                "interpolation": self.interpolation.value, "crop": self.crop_size if self.do_center_crop else None,
+                "rescale": self.rescale_factor if self.do_rescale else None, "mean": self.mean, "std": self.std,
+                "convert_rgb": self.do_convert_rgb}
+
+    def split(self):
+        """(geometry: PIL -> uint8 (3, H, W), finish: the rescale and normalisation on a batch)."""
+        from harness.data.transforms import Finish
+
+        if self.do_normalize:
+            scale = 1.0 / self.rescale_factor if self.do_rescale else 1.0
+            mean = tuple((torch.tensor(self.mean) * scale).tolist())
+            std = tuple((torch.tensor(self.std) * scale).tolist())
+            return self.geometry, Finish(None, mean, std)
+        return self.geometry, Finish(None, None, None, self.rescale_factor if self.do_rescale else None)
+
+    def geometry(self, image) -> torch.Tensor:
         from PIL import Image
         from torchvision.transforms.v2 import functional as tvF
 
@@ -296,13 +344,11 @@ class ProcessorTransform:
             x = tvF.resize(x, list(self.resized_size(*x.shape[-2:])), interpolation=self.interpolation, antialias=True)
         if self.do_center_crop:
             x = self._center_crop(x, self.crop_size["height"], self.crop_size["width"])
-        if self.do_normalize:
-            scale = 1.0 / self.rescale_factor if self.do_rescale else 1.0
-            mean = torch.tensor(self.mean) * scale
-            std = torch.tensor(self.std) * scale
-            return tvF.normalize(x.to(torch.float32), mean.tolist(), std.tolist())
-        x = x.to(torch.float32)
-        return x * self.rescale_factor if self.do_rescale else x
+        return x
+
+    def __call__(self, image) -> torch.Tensor:
+        geometry, finish = self.split()
+        return finish(geometry(image)[None])[0]
 
     @staticmethod
     def _center_crop(x: torch.Tensor, ch: int, cw: int) -> torch.Tensor:

@@ -7,9 +7,20 @@ from pathlib import Path
 
 import torch
 
+from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import Model, ModelSpec, closest
 from .weights import check_file
+
+MODULES = ("open_clip.",)  # open_clip's nn.Modules, wrapped in memory
+
+
+def split(name: str, weights: str | None) -> tuple[str, str]:
+    """open_clip:ARCH/PRETRAINED names its weights tag; open_clip:ARCH random weights (or the suite's default)."""
+    if "/" in name:
+        name, _, tag = name.partition("/")
+        return name, tag
+    return name, weights or "random"
 
 
 def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch.nn.Module:
@@ -21,6 +32,8 @@ def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch
     kwargs = merged_kwargs(name, kwargs)
     if weights == "random":
         return open_clip.create_model(name, pretrained=None, **kwargs).eval()
+    if Path(weights).exists():
+        inputs.fingerprint(weights)  # what a finished unit read (harness.infra.inputs)
     try:
         return open_clip.create_model(name, pretrained=weights, **kwargs).eval()
     except Exception as e:
@@ -74,9 +87,30 @@ def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cac
     import open_clip
 
     module = create(spec.name, spec.weights, seed=seed, **spec.kwargs).to(device)
+    return wrap(module, spec, open_clip.get_tokenizer(spec.name))
+
+
+def own_tokenizer(module: torch.nn.Module):
+    """The tokenizer of an open_clip model in memory, where the model alone says which: CLIP's BPE
+    (SimpleTokenizer) at the model's context length for a text tower of CLIP's 49,408-token vocabulary; None
+    otherwise (a text tower from Hugging Face, SigLIP's: pass tokenizer=open_clip.get_tokenizer(NAME))."""
+    import open_clip
+
+    text = getattr(module, "text", None)
+    vocab = getattr(module, "vocab_size", None) or getattr(text, "vocab_size", None)
+    context = getattr(module, "context_length", None) or getattr(text, "context_length", None)
+    if vocab == 49408 and context:
+        return open_clip.tokenizer.SimpleTokenizer(context_length=context)
+    return None
+
+
+def wrap(module: torch.nn.Module, spec: ModelSpec, tokenizer=None) -> Model:
+    """An open_clip model's Model: encode_image / encode_text, its preprocess config, the tokenizer (given, or
+    own_tokenizer)."""
+    tok = tokenizer if tokenizer is not None else own_tokenizer(module)
     return Model(spec, "open_clip", module, module.encode_image, transform(module),
                  image_tower=module.visual, input_size=(3, *module.visual.image_size),
-                 encode_text=module.encode_text, tokenizer=open_clip.get_tokenizer(spec.name))
+                 encode_text=module.encode_text if tok is not None else None, tokenizer=tok)
 
 
 def reference(model: Model) -> Model:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import Model, ModelSpec
 
@@ -71,19 +72,20 @@ def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cac
         raise ConfigError(f"python model {spec.name!r}: the factory returned a {type(module).__name__}, not an "
                           "nn.Module")
     if spec.weights != "random":
+        inputs.fingerprint(spec.weights)  # what a finished unit read (harness.infra.inputs)
         module.load_state_dict(torch.load(spec.weights, map_location="cpu", weights_only=True), strict=True)
-    return model_of(module.to(device).eval(), spec)
+    return wrap(module.to(device).eval(), spec)
 
 
-def model_of(module: torch.nn.Module, spec: ModelSpec) -> Model:
+def wrap(module: torch.nn.Module, spec: ModelSpec, tokenizer=None) -> Model:
     """The Model of a user's module as this registry reads one (module docstring): its data_config (or timm's
-    defaults), encode_image or forward, and encode_text with a tokenizer attribute (harness.evaluate reads
-    in-memory modules the same way)."""
+    defaults), encode_image or forward, and encode_text with a tokenizer attribute (or `tokenizer`)."""
     import timm.data
 
     cfg = data_config(module, spec)
     encode_image = getattr(module, "encode_image", None) or module
-    text, tokenizer = getattr(module, "encode_text", None), getattr(module, "tokenizer", None)
+    text = getattr(module, "encode_text", None)
+    tokenizer = tokenizer if tokenizer is not None else getattr(module, "tokenizer", None)
     return Model(spec, "python", module, encode_image, timm.data.create_transform(**cfg),
                  input_size=tuple(cfg["input_size"]), encode_text=text if tokenizer is not None else None,
                  tokenizer=tokenizer if text else None)

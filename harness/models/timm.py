@@ -1,4 +1,4 @@
-"""timm models in the registry: "timm:NAME" (harness.models)."""
+"""timm models in the registry: "timm:NAME" (harness.models), and timm modules in memory (wrap)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from pathlib import Path
 
 import torch
 
+from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import Model, ModelSpec, closest
 from .weights import check_file
+
+MODULES = ("timm.",)  # timm's nn.Modules, wrapped in memory
 
 
 def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch.nn.Module:
@@ -31,16 +34,29 @@ def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights {weights!r} are neither 'random', 'pretrained' nor an existing file")
+    inputs.fingerprint(path)  # what a finished unit read (harness.infra.inputs)
     # the file joins any preprocessing overlay the declaration gives (data_cfg)
     overlay = {**kwargs.pop("pretrained_cfg_overlay", {}), "file": str(path)}
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+
+
+def data_config(model: torch.nn.Module) -> dict:
+    """The model's preprocessing facts from its pretrained_cfg, at the size it was built for: img_size=... changes
+    the model (its patch embedding), not its pretrained_cfg."""
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=model)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is not None:
+        cfg["input_size"] = (cfg["input_size"][0], *size)
+    return cfg
 
 
 def transform(model: torch.nn.Module):
     """The model's own evaluation preprocessing (resize, crop, normalise) from its pretrained_cfg."""
     import timm.data
 
-    return timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    return timm.data.create_transform(**data_config(model))
 
 
 def features(model: torch.nn.Module):
@@ -68,15 +84,16 @@ def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cac
     kwargs = dict(spec.kwargs)
     if spec.data_cfg:
         kwargs["pretrained_cfg_overlay"] = dict(spec.data_cfg)
-    module = create(spec.name, spec.weights, seed=seed, **kwargs).to(device)
-    return Model(spec, "timm", module, features(module), transform(module),
-                 input_size=input_size(module))
+    return wrap(create(spec.name, spec.weights, seed=seed, **kwargs).to(device), spec)
+
+
+def wrap(module: torch.nn.Module, spec: ModelSpec, tokenizer=None) -> Model:
+    """A timm model's Model: its pre-logits features and its own preprocessing (data_config)."""
+    return Model(spec, "timm", module, features(module), transform(module), input_size=input_size(module))
 
 
 def input_size(module: torch.nn.Module) -> tuple[int, int, int]:
-    import timm.data
-
-    return tuple(timm.data.resolve_data_config({}, model=module)["input_size"])
+    return tuple(data_config(module)["input_size"])
 
 
 def reference(model: Model) -> Model:

@@ -18,6 +18,11 @@ def _config() -> dict:
     return load_suite("zero_shot").get_config("default")
 
 
+def split(name: str, weights: str | None) -> tuple[str, str]:
+    """Trained by a suite: the table says by which run."""
+    return name, f"trained ({name})"
+
+
 def check(spec: ModelSpec) -> None:
     own = _config()["train"]["id"]
     if spec.name != own:
