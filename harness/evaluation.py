@@ -66,8 +66,11 @@ def _as_model(model, tokenizer, transform, device) -> models.Model:
     """A harness.models.Model for what was given (module docstring)."""
     import dataclasses
 
-    if isinstance(model, (str, dict, models.ModelSpec)):
-        model = models.resolve(model, device=device or "cpu")
+    if isinstance(model, (str, dict, models.ModelSpec)):  # a registry name: what `python -m harness run` loads
+        from .infra.suite import DEFAULT_CACHE
+        from .run.suites import default_config
+
+        model = models.resolve(model, device=device or "cpu", cache_dir=DEFAULT_CACHE, suite_config=default_config)
     m = model if isinstance(model, models.Model) else models.wrap(model, tokenizer)
     if transform is not None:
         m = dataclasses.replace(m, transform=transform)

@@ -42,7 +42,7 @@ import torch
 from . import data as data_lib
 from .data import datacomp
 from .data.images import balanced_subset
-from .infra import predictions
+from .infra import predictions, results
 from .methods import paired, task_metrics
 from .methods.classifier import OUTPUTS, classification_metrics, retrieval_recall, zero_shot_classifier
 from .methods.features import Features, ImageStore, extract
@@ -232,6 +232,19 @@ class Classified:
     outputs: dict  # per image: predictions, ranked, margin, scale
 
 
+def made(model: Model) -> dict:
+    """How a row's weights were made, for the regression gate (harness.tools.diff): a suite's training run and its
+    seed, or nothing (fixed weights)."""
+    if model.training is None:
+        return {}
+    return {"training": model.training, "training_seed": model.training_seed, "weights_hash": model.weights}
+
+
+def classes_hash(names) -> str:
+    """The class list a row's labels index (names and order): two rows with other lists are not compared."""
+    return results.stable_hash([str(n) for n in names])
+
+
 def classify(model: Model, data, indices, names, templates, opts: Options, clf: torch.Tensor | None = None,
              desc: str | None = None) -> Classified:
     """Zero-shot classification of `indices` of `data`: the classifier (built, kept, or given as `clf`) against
@@ -264,6 +277,7 @@ def classification_rows(models: list[Model], ds: data_lib.DataSpec, opts: Option
                                                                 dc.group[0] if dc.group else None)
         rows.append(predictions.attach(
             {"model": model.id, **common, "library": model.library, "task": "classification",
+             **made(model), "classes_hash": classes_hash(names),
              "templates": f"{templates_label(ds)} ({len(temps)})", "images": len(c.feats.labels), **m,
              "skipped_images": len(c.feats.skipped), "seconds": time.perf_counter() - t0},
             c.feats.indices, c.feats.labels, c.outputs["ranked"], c.outputs["margin"]))
@@ -398,6 +412,7 @@ def probe_rows(models: list[Model], ds: data_lib.DataSpec, opts: Options, common
                            sweep_max_images=sweep_max_images, log=phase)
         t2 = time.perf_counter()
         row = {"model": model.id, **common, "library": model.library, "dataset": train.name,
+               **made(model), "classes_hash": classes_hash(train.classnames),
                "train_images": len(ftr.labels), "test_images": len(fte.labels),
                "feature_dim": ftr.features.shape[1] if ftr.features.ndim == 2 else 0,
                "top1": res.top1, "top1_ci_low": res.top1_ci[0], "top1_ci_high": res.top1_ci[1], "top5": res.top5,

@@ -126,3 +126,33 @@ def get_config(profile: str) -> dict:
                                    "hf:google/vit-base-patch16-224-in21k"],
                         "gradient_models": ["hf:openai/clip-vit-base-patch32"]}
     return config
+
+
+# --quick of the GPU check: this suite on its smallest models (every dtype and backend); of the transformers rows,
+# the Ti/16 ViTModel (hf-vit-ti16)
+QUICK = {"models": ["timm:vit_tiny_patch16_224"], "gradient_models": ["timm:vit_tiny_patch16_224"],
+         "clip.models": ["open_clip:ViT-S-32"], "clip.gradient_models": [], "clip.timm_towers": {},
+         "hf.models": [{"model": "hf:ViTModel", "id": "hf-vit-ti16", "kwargs": HF_VIT_TI16}],
+         "hf.gradient_models": [], "attention.seq_lens": [50, 197], "attention.heads": [4]}
+# the "ci" profile (the default profile's overrides): every step of the GPU check on a CPU, in CI's minutes — the
+# smallest models, bfloat16/float16 on the tiny ViT, the loss and attention
+CI = {**QUICK, "attention.seq_lens": [50], "cpu_low_precision_models": ["vit_tiny_patch16_224"],
+      "clip.loss.batch_sizes": [8, 64]}
+# the config keys whose lists name models (harness.tools.rehearsal writes a checkpoint for each), and their weights
+MODEL_KEYS = ["models", "gradient_models", "clip.models", "clip.gradient_models"]
+WEIGHTS_KEY = "weights"  # the default weights of "models" and "gradient_models"
+# a CPU rehearsal of the full profile (harness.tools.rehearsal): models shrunk, fewer inputs
+REHEARSAL = {
+    "models": ["timm:vit_tiny_patch16_224"], "gradient_models": [], "clip.models": ["open_clip:ViT-S-32"],
+    "clip.gradient_models": [], "clip.timm_towers": {},
+    # the full profile's transformers checkpoints are hub folders, for which no random stand-in is written (no
+    # save_random for hf: models yet): the rehearsal leaves them out (the default profile runs their architectures)
+    "hf.models": [], "hf.gradient_models": [],
+    "dtypes": ["float32"], "photos": ["astronaut"], "random_inputs": 1,
+    "attention.seq_lens": [7], "attention.heads": [2],
+}
+
+
+def rehearsal_data(imagenet_dir: str) -> dict:
+    """The full profile's overrides that point it at a rehearsal's ImageNet tree: none (its inputs are photos)."""
+    return {}

@@ -87,3 +87,25 @@ def get_config(profile: str) -> dict:
         # the ViT paper's pre-training); the same policy for every architecture
         "step_policy": {"min_steps": 200, "epochs": 6},
     }
+
+
+# the "ci" profile (the default profile's overrides): two small training sizes, two seeds, a few steps
+CI = {"sizes_per_class": [10, 20], "seeds": [0, 1], "data.test_per_class": 20,
+      "step_policy": {"min_steps": 20, "epochs": 1}, "architectures.3.sizes": [10]}
+MODEL_KEYS: list[str] = []  # it trains its own models
+# a CPU rehearsal of the full profile (harness.tools.rehearsal): one size, one seed, two steps, tiny models
+REHEARSAL = {
+    "sizes_per_class": [1], "seeds": [0], "data.test_per_class": 1, "data.workers": 0,
+    "step_policy": {"min_steps": 2, "epochs": 1},
+    "architectures.0.kwargs.depth": 1, "architectures.0.kwargs.width": 32, "architectures.0.kwargs.mlp_dim": 64,
+    "architectures.0.kwargs.heads": 2, "architectures.1.kwargs.widths": [8, 8, 8],
+    "architectures.2.kwargs.embed_dim": 32, "architectures.2.kwargs.depth": 1, "architectures.2.kwargs.num_heads": 2,
+    "architectures.2.sizes": [1], "architectures.3.kwargs.depth": 1, "architectures.3.kwargs.width": 32,
+    "architectures.3.kwargs.mlp_dim": 64, "architectures.3.kwargs.heads": 2,
+    "architectures.3.kwargs.stem": {"layers": [1, 1], "width": 8, "channels": [16, 32], "groups": 4},
+}
+
+
+def rehearsal_data(imagenet_dir: str) -> dict:
+    """The full profile pointed at a rehearsal's ImageNet tree."""
+    return {"data.root": imagenet_dir}

@@ -19,9 +19,11 @@ DEFAULT_MODELS = [  # harness.models declarations
      "kwargs": {"img_size": 28, "patch_size": 4, "depth": 4}, "data_cfg": {"input_size": [3, 28, 28], "crop_pct": 1.0},
      "with_reference": True},
     {"id": "resnet18_32", "model": "timm:resnet18", "data_cfg": {"input_size": [3, 32, 32], "crop_pct": 1.0}},
-    # the models the data-scale suite trained on 12,000 Fashion-MNIST images (seed 0)
-    {"id": "data_scale_vit", "model": "data_scale:vit_reference:1200:0"},
-    {"id": "data_scale_resnet", "model": "data_scale:resnet_small:1200:0"},
+    # the models the data-scale suite trained on 12,000 Fashion-MNIST images, each of its three seeds: a trained
+    # configuration is judged by the regression gate over its seeds (python -m harness diff), and probing the
+    # data-scale models costs ~5 s each (small models of 28×28 images)
+    *({"id": f"data_scale_{arch}_seed{seed}", "model": f"data_scale:{name}:1200:{seed}"}
+      for arch, name in (("vit", "vit_reference"), ("resnet", "resnet_small")) for seed in (0, 1, 2)),
     {"id": "clip_vit_s16_32", "model": "open_clip:ViT-S-16", "kwargs": {"force_image_size": 32},
      "with_reference": True},
 ]
@@ -66,3 +68,26 @@ def get_config(profile: str) -> dict:
         "notes": "Default profile: random-init weights (seed 0) and the data-scale suite's trained models "
                  "(their training set overlaps this probe's), so no published number applies.",
     }
+
+_TINY_CLIP = {"model": "open_clip:ViT-B-32/openai", "with_reference": True,
+              "kwargs": {"vision_cfg": {"layers": 1, "width": 64, "head_width": 32},
+                         "text_cfg": {"layers": 1, "width": 64, "heads": 2}, "embed_dim": 32}}
+
+# the "ci" profile (the default profile's overrides): 20 images per class, the models it does not train (the
+# data-scale suite's would be trained at full size)
+CI = {"datasets.0.train_per_class": 20, "datasets.0.test_per_class": 20,
+      "models": [m for m in DEFAULT_MODELS if not m["model"].startswith("data_scale:")]}
+MODEL_KEYS = ["models"]  # the config keys whose lists name models (harness.tools.rehearsal)
+# a CPU rehearsal of the full profile (harness.tools.rehearsal): a one-block ViT-B/16 and a one-block ViT-B-32, at
+# their real 224 pixels, on the classes present; smaller batches and fewer workers
+REHEARSAL = {
+    "models": [{"model": "timm:vit_base_patch16_224.augreg_in21k", "kwargs": {"depth": 1, "embed_dim": 64,
+                                                                               "num_heads": 2},
+                "weights": "pretrained", "with_reference": True}, _TINY_CLIP],
+    "workers": 2, "batch_size": 128,
+}
+
+
+def rehearsal_data(imagenet_dir: str) -> dict:
+    """The full profile pointed at a rehearsal's ImageNet tree."""
+    return {"datasets": [{"name": "imagenet", "root": imagenet_dir}]}

@@ -77,3 +77,21 @@ def get_config(profile: str) -> dict:
         "models": ["zero_shot:clip_fmnist"], "datasets": [],
         "batch_size": 500,
     }
+
+_TINY_CLIP = {"model": "open_clip:ViT-B-32/openai", "with_reference": True,
+              "kwargs": {"vision_cfg": {"layers": 1, "width": 64, "head_width": 32},
+                         "text_cfg": {"layers": 1, "width": 64, "heads": 2}, "embed_dim": 32}}
+
+# the "ci" profile (the default profile's overrides): a 20-step CLIP on 200 images, 20 test images per class
+CI = {"train.recipe.steps": 20, "train.data.per_class": 20, "data.test_per_class": 20,
+      "data.retrieval_per_class": 10, "probe.train_per_class": 20}
+MODEL_KEYS = ["models"]  # the config keys whose lists name models (harness.tools.rehearsal)
+# a CPU rehearsal of the full profile (harness.tools.rehearsal): a one-block ViT-B-32 at its real 224 pixels, 80
+# templates × the classes present, beside the published top-1 of ViT-B-32/openai; smaller batches, fewer workers
+REHEARSAL = {"models": [{**_TINY_CLIP, "published_top1": 63.32}], "workers": 2, "batch_size": 128}
+QUICK_REHEARSAL = True  # the GPU check's --quick rehearses this suite alone (10 classes)
+
+
+def rehearsal_data(imagenet_dir: str) -> dict:
+    """The full profile pointed at a rehearsal's ImageNet tree."""
+    return {"datasets": [{"name": "imagenet", "root": imagenet_dir}]}

@@ -19,8 +19,9 @@ import harness.data as harness_data
 from harness import models
 from harness.data import datacomp
 from harness.evals import zero_shot as zs_eval
-from harness.infra.suite import ConfigError, Context, load_suite
+from harness.infra.suite import ConfigError, Context
 from harness.methods import task_metrics
+from harness.run.suites import load_suite
 from tests import datacomp_layouts as layouts
 
 zs_suite = load_suite("zero_shot")

@@ -122,7 +122,9 @@ def test_diff_finds_a_planted_regression_and_passes_round_off(tmp_path, capsys):
     # round-off: the gate passes
     assert cli.main(["diff", str(a), str(noisy), "--fail-if-worse", "--out", str(tmp_path / "d3")]) == 0
     r = pd.read_csv(tmp_path / "d3" / "diff.csv").iloc[0]
-    assert r.verdict == "no significant change" and r.mcnemar_p > 0.05 and abs(r["diff"]) <= 100 * 2 / 48
+    # (the same predictions: "no change"; a flipped image or two: not significant)
+    assert r.verdict in (diff_tool.NO_CHANGE, "no significant change") and r.mcnemar_p > 0.05
+    assert abs(r["diff"]) <= 100 * 2 / 48
     capsys.readouterr()
     # one row of each, named
     assert cli.main(["diff", f"{a}:linear_probe:0", f"{weak}:linear_probe:0", "--fail-if-worse", "--out",
@@ -132,7 +134,7 @@ def test_diff_finds_a_planted_regression_and_passes_round_off(tmp_path, capsys):
 def test_rows_on_other_images_are_refused(tmp_path):
     rows = []
     for name, index in (("a", np.arange(10)), ("b", np.arange(1, 11))):
-        row = predictions.attach({"model": "m", "library": "timm", "dataset": "x", "top1": 50.0}, index,
+        row = predictions.attach({"model": "m", "library": "timm", "dataset": "x", "top1": 100.0}, index,
                                  np.zeros(10, int), np.zeros((10, 2), int), np.ones(10))
         (out := [r for r in predictions.write([row], tmp_path / name, "suite")])
         pd.DataFrame(out).to_csv(tmp_path / name / "t.csv", index=False)

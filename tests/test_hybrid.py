@@ -11,6 +11,7 @@ from harness.convert import UnsupportedModelError
 from harness.evals import agreement, data_scale
 from harness.methods.scale_runs import build_architecture
 from harness.reference.hybrid import StemConfig, same_pad
+from harness.run.suites import load_suite
 
 
 def rel(a, b):
@@ -65,7 +66,7 @@ def test_backbones_the_reference_lacks_are_refused_by_name():
 
 
 def test_data_scale_hybrid_is_declared_from_json_and_comparable():
-    cfg = harness.infra.suite.load_suite("data_scale").get_config("default")
+    cfg = load_suite("data_scale").get_config("default")
     arch = {a["id"]: a for a in cfg["architectures"]}["hybrid_reference"]
     model = build_architecture(arch)
     assert isinstance(model.config.stem, StemConfig) and model.config.num_patches == 16

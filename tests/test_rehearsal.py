@@ -1,6 +1,7 @@
 """The full profile rehearsed: an ImageNet-shaped tree of 1,000 real WordNet ids and library-format checkpoints
 (written by `python -m harness rehearsal`), then the full profile of every suite through --overrides, with the
-changes harness.tools.rehearsal.SMALL_MODELS makes so that a CPU gets through: models shrunk, fewer models (agreement:
+changes harness.tools.rehearsal.small_models() gives (each suite's REHEARSAL) so that a CPU gets through: models
+shrunk, fewer models (agreement:
 one timm ViT and ViT-S-32; the linear probe: a one-block ViT-B/16 and ViT-B-32; zero-shot: ViT-B-32), agreement in
 float32 only, on 2 inputs and one attention shape, data_scale at one size, one seed and two steps, smaller batches
 and fewer workers. The data's shape stays the real one: 1,000
@@ -38,7 +39,7 @@ def test_tree_is_deterministic_and_shaped_like_imagenet(tmp_path):
 
 @pytest.mark.slow
 def test_full_profile_of_every_suite_runs_on_the_rehearsal_tree(tmp_path, capsys):
-    sets = [f"{k}={json.dumps(v)}" for k, v in rehearsal.SMALL_MODELS.items()]
+    sets = [f"{k}={json.dumps(v)}" for k, v in rehearsal.small_models().items()]
     assert rehearsal.main([str(tmp_path / "r"), "--classes", "1000", "--train-per-class", "1", "--val-per-class",
                            "1", "--workers", "2", *sum([["--set", s] for s in sets], [])]) == 0
     overrides = json.loads((tmp_path / "r" / "overrides.json").read_text())

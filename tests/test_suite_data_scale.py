@@ -119,7 +119,8 @@ def test_full_profile_path_on_an_image_folder(tmp_path):
     (4 classes, of which 2 are chosen)."""
     import copy
 
-    from harness.infra.suite import Context, load_suite
+    from harness.infra.suite import Context
+    from harness.run.suites import load_suite
     from tests.test_data import write_image_folder
 
     write_image_folder(tmp_path / "imagenet", classes=("n01440764", "n01443537", "n01484850", "n01491361"),

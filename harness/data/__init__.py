@@ -34,11 +34,16 @@ from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import catalog, datacomp, fashion_mnist, folders, imagenet, images, texts  # noqa: F401  (harness.data.images)
 from .images import ImageData
+from .source import DEFAULT_TEMPLATES, Source  # noqa: F401  (re-exported)
 
-SOURCES = ("fashion_mnist", "imagenet", "imagefolder", "manifest", "datacomp")  # and the catalog's names
-PREFIXES = ("imagefolder", "manifest", "datacomp")
+# the registry: a source's name -> how it is checked, loaded, and what it holds (harness.data.source.Source); a
+# name with a prefix ("imagefolder:...") is that source's, "imagenet" and "fashion_mnist" theirs, any other name
+# the catalog's (CLIP_benchmark's sets)
+SOURCES: dict[str, Source] = {"fashion_mnist": fashion_mnist.SOURCE, "imagenet": imagenet.SOURCE,
+                              "imagefolder": folders.IMAGEFOLDER, "manifest": folders.MANIFEST,
+                              "datacomp": datacomp.SOURCE, "catalog": catalog.SOURCE}
+PREFIXES = tuple(name for name, s in SOURCES.items() if s.prefixed)
 DATA_KEYS = ("name", "root", "classnames", "templates")
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 @dataclass(frozen=True)
@@ -74,15 +79,14 @@ def parse(spec: str | dict | DataSpec) -> DataSpec:
                           "manifest:FILE) or a dict {\"name\": ..., \"classnames\": ..., \"templates\": ...}")
     head, sep, rest = spec["name"].partition(":")
     if sep and (head not in PREFIXES or not rest):
-        raise ConfigError(f"data set {spec['name']!r}: a prefixed name is imagefolder:PATH, manifest:FILE or "
-                          "datacomp:TASK")
-    if head == "datacomp" and sep:
-        datacomp.task(rest)  # a known task key, or the closest ones
-    elif spec["name"] == "datacomp":
+        raise ConfigError(f"data set {spec['name']!r}: a prefixed name is "
+                          + ", ".join(f"{p}:..." for p in PREFIXES))
+    if spec["name"] == "datacomp":
         raise ConfigError("'datacomp' names DataComp's 38 tasks: a suite's datasets list expands it (data.expand); "
                           "one task is datacomp:KEY")
-    elif not sep:
-        catalog.entry(spec["name"])  # a known name, or the closest ones
+    checker = SOURCES[head].check_name if sep else SOURCES["catalog"].check_name
+    if checker is not None:
+        checker(rest if sep else spec["name"])  # a known name, or the closest ones
     root = spec.get("root")
     if root is None and spec["name"] == "imagenet":
         root = os.environ.get("VITCLIP_IMAGENET_DIR") or None
@@ -107,31 +111,14 @@ def expand(specs: list) -> list[DataSpec]:
 def task(spec: str | dict | DataSpec) -> str:
     """"classification", "retrieval" or "winogavil" (DataComp's WinoGAViL)."""
     s = parse(spec)
-    if s.source == "datacomp":
-        kind = datacomp.task(s.path).kind
-        return {"wds": "classification"}.get(kind, kind)
-    if s.source != "catalog":
-        return "classification"
-    return catalog.entry(s.name).task
+    return SOURCES[s.source].task(s)
 
 
 def check(spec: str | dict | DataSpec, roles: list[str] = ("train", "test")) -> DataSpec:
     """The declaration parsed and its local files checked before any work (a hub copy is checked when read)."""
 
     s = parse(spec)
-    if s.source == "imagefolder":
-        folders.check_imagefolder(s.path, list(roles))
-    elif s.source == "manifest":
-        folders.check_manifest(s.path, list(roles))
-    elif s.name == "imagenet" and s.root:
-        imagenet.check_folder(s.root, ["train" if r == "train" else "validation" for r in roles])
-    elif s.source == "datacomp":
-        datacomp.check([s.path], s.root)
-    elif s.source == "catalog" and s.root is not None:
-        entry = catalog.entry(s.name)
-        for role in roles if entry.task == "classification" else ["test"]:
-            if role in entry.splits:
-                catalog.check_local(entry, entry.splits[role], s.root)
+    SOURCES[s.source].check(s, roles)
     for source in (s.classnames, s.templates):
         if isinstance(source, str) and not os.path.isfile(source):
             raise ConfigError(f"{s.name}: file {source} does not exist")
@@ -158,20 +145,7 @@ def load(spec: str | dict | DataSpec, role: str) -> ImageData:
     if role not in ("train", "test"):
         raise ValueError(f"role {role!r}: 'train' or 'test'")
     given = None if s.classnames is None else texts.classnames(s.classnames, s.name)
-    if s.source == "fashion_mnist":
-        data = fashion_mnist.load(role)
-    elif s.source == "imagenet":
-        data = imagenet.load("train" if role == "train" else "validation", s.root)
-    elif s.source == "imagefolder":
-        data = folders.load_imagefolder(s.path, role)
-    elif s.source == "manifest":
-        data = folders.load_manifest(s.path, role, given)
-    elif s.source == "datacomp":
-        if role != "test":
-            raise ConfigError(f"{s.name}: DataComp's tasks have a test split only")
-        data = datacomp.load(s.path, s.root)
-    else:
-        data = catalog.load(s.name, role, s.root)
+    data = SOURCES[s.source].load(s, role, given)
     if given is not None:
         data = data.with_names(texts.classnames(given, s.name, len(data.classnames)))
     own = templates(s)
@@ -186,17 +160,15 @@ def templates(spec: str | dict | DataSpec) -> list[str] | dict[str, list[str]]:
     s = parse(spec)
     if s.templates is not None:
         return texts.templates(s.templates, s.name)
-    if s.source == "datacomp":
-        return None
-    if s.source in ("catalog", "fashion_mnist", "imagenet"):
-        return catalog.templates(catalog.entry(s.name))
-    return list(DEFAULT_TEMPLATES)
+    return SOURCES[s.source].templates(s)
 
 
 def load_retrieval(spec: str | dict | DataSpec):
     """An image–caption set (Flickr30k, MSCOCO) as a RetrievalData."""
 
     s = parse(spec)
-    r = datacomp.load_retrieval(s.path, s.root) if s.source == "datacomp" else catalog.load_retrieval(s.name, s.root)
+    if SOURCES[s.source].load_retrieval is None:
+        raise ConfigError(f"{s.name}: not an image–caption set")
+    r = SOURCES[s.source].load_retrieval(s)
     inputs.note(r.data.sources)
     return r

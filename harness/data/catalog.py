@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .images import ImageData
+from .source import Source
 
 # Fashion-MNIST's class names as the README in Debian's dataset-fashion-mnist gives them (the hub's copy spaces them
 # "T - shirt / top": the same classes, harness.data.fashion_mnist.same_names); harness.data.fashion_mnist reads them
@@ -363,3 +364,16 @@ def dataset_means(df, metric: str = "top1"):
     if "diff_vs_published" in cls:  # the mean difference, over the data sets that have a published number
         means["diff_vs_published"] = groups["diff_vs_published"].mean().to_numpy()
     return means.assign(dataset="mean", task="classification (mean over data sets)")
+
+
+def _check(spec, roles) -> None:
+    e = entry(spec.name)
+    if spec.root is not None:
+        for role in roles if e.task == "classification" else ["test"]:
+            if role in e.splits:
+                check_local(e, e.splits[role], spec.root)
+
+
+SOURCE = Source(lambda spec, role, names: load(spec.name, role, spec.root), _check,
+                task=lambda spec: entry(spec.name).task, templates=lambda spec: templates(entry(spec.name)),
+                load_retrieval=lambda spec: load_retrieval(spec.name, spec.root), check_name=entry)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from . import catalog, texts, wds
 from .images import ImageData
+from .source import Source
 
 SOURCE = "mlfoundations/datacomp tasklist.yml, download_evalsets.py, eval_utils/, aggregate_scores.py"
 WDS_OWNER = "djghosh"
@@ -391,3 +392,17 @@ def load_retrieval(key: str, root: str | os.PathLike | None = None) -> catalog.R
 def load_winogavil(root: str | os.PathLike | None = None):
     """WinoGAViL's test split: a datasets.Dataset with candidate_images, cue, candidates, associations."""
     return load_nlphuji("misc/winogavil", root)[0]
+
+
+def _load(spec, role, names) -> ImageData:
+    from ..infra.suite import ConfigError
+
+    if role != "test":
+        raise ConfigError(f"{spec.name}: DataComp's tasks have a test split only")
+    return load(spec.path, spec.root)
+
+
+SOURCE = Source(_load, lambda spec, roles: check([spec.path], spec.root),
+                task=lambda spec: {"wds": "classification"}.get(task(spec.path).kind, task(spec.path).kind),
+                templates=lambda spec: None, load_retrieval=lambda spec: load_retrieval(spec.path, spec.root),
+                prefixed=True, check_name=task)

@@ -15,6 +15,7 @@ import numpy as np
 from . import catalog
 from .catalog import FASHION_MNIST_CLASSES
 from .images import ImageData
+from .source import Source
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -74,3 +75,7 @@ def same_names(published: list[str]) -> bool:
 def load(split: str, root: Path = FASHION_MNIST_DIR) -> ImageData:
     """Fashion-MNIST is read from its files once per process (a few seconds) and shared by every suite."""
     return read(split, Path(root))
+
+
+SOURCE = Source(lambda spec, role, names: load(role), templates=lambda spec: catalog.templates(
+    catalog.entry("fashion_mnist")))

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..infra import inputs
 from ..infra.suite import ConfigError
 from .images import ImageData
+from .source import Source
 
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
 MANIFEST_SPLITS = {"train": ("train",), "test": ("test", "val", "validation")}
@@ -142,3 +143,12 @@ def load_manifest(path: str | Path, role: str, classnames: list[str] | None = No
         h.update(inputs.files_fingerprint([Path(p) for p in images], path.parent).encode())
     return ImageData(f"manifest:{path}", role, ds, [n.replace("_", " ") for n in names], h.hexdigest()[:16],
                      reading="scaled", sources=read)
+
+
+def _names_of_manifest(spec, role, names):
+    return load_manifest(spec.path, role, names)
+
+
+IMAGEFOLDER = Source(lambda spec, role, names: load_imagefolder(spec.path, role),
+                     lambda spec, roles: check_imagefolder(spec.path, list(roles)), prefixed=True)
+MANIFEST = Source(_names_of_manifest, lambda spec, roles: check_manifest(spec.path, list(roles)), prefixed=True)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from .images import ImageData
+from .source import Source
 
 IMAGENET_ENV = "VITCLIP_IMAGENET_DIR"
 
@@ -94,3 +95,18 @@ def load(split: str, root: str | os.PathLike | None = None) -> ImageData:
 
     fingerprint, sources = hub_fingerprint(ds)
     return ImageData("imagenet", split, ds, classnames(), fingerprint, sources=sources)
+
+
+def _check(spec, roles) -> None:
+    if spec.root:
+        check_folder(spec.root, ["train" if r == "train" else "validation" for r in roles])
+
+
+def _templates(spec):
+    from . import catalog
+
+    return catalog.templates(catalog.entry("imagenet"))
+
+
+SOURCE = Source(lambda spec, role, names: load("train" if role == "train" else "validation", spec.root), _check,
+                templates=_templates)

@@ -16,8 +16,10 @@ from .. import data
 from ..infra import predictions
 from ..infra.suite import ConfigError, Context, Table
 from ..methods import paired
+from ..methods.features import weights_hash
 from ..methods.scale_runs import architecture, build_architecture, load_subset, steps_for, trained
 from ..methods.train import flops_per_image, predict
+from ..models.data_scale import training as model_training
 
 CPU_PROCESSES = True  # on a CPU: one-thread processes taking whole units are faster (run --processes)
 
@@ -66,6 +68,8 @@ def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
         "flops_per_image": flops_per_image(model, tuple(x.shape[1:])),
         "steps": steps, "epochs": steps * config["recipe"]["batch_size"] / len(idx), **stats,
         "checkpoint": str(path),
+        # how the row was made: trained here (the regression gate judges such rows by seed, harness.tools.diff)
+        "training": model_training(arch_id, per_class), "training_seed": seed, "weights_hash": weights_hash(model),
     }, test_rows, y_test.numpy(), ranked, margin)]
 
 
@@ -211,3 +215,34 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
               "every (architecture, size, seed) run of the data-scale suite, with its checkpoint",
               ["architecture", "train_images", "seed", "test_accuracy", "final_loss", "epochs", "train_seconds"]),
     ]
+
+
+def plan(config: dict, rates) -> list[dict]:
+    """The full profile's stages (harness.tools.plan): ImageNet-100 decoded once at 64×64, then every
+    architecture's training runs (all sizes × seeds), each at the steps/s measured here (batch 256, 2 steps)."""
+    import math
+
+    from ..methods.train import Recipe, train
+
+    policy, batch, classes = config["step_policy"], config["recipe"]["batch_size"], config["data"]["classes"]
+    measured = []
+    for arch in config["architectures"]:
+        model = build_architecture(arch)
+        x, y = torch.randn(256, 3, 64, 64), torch.randint(0, 100, (256,))
+        stats = train(model, x, y, Recipe(steps=2, batch_size=256), seed=0, desc=arch["id"])
+        measured.append({"architecture": arch["id"], "cpu_steps_per_s": 2 / stats["train_seconds"]})
+    rates.train = pd.DataFrame(measured)
+    rows = []
+    for arch, r in zip(config["architectures"], measured):
+        steps = len(config["seeds"]) * sum(max(policy["min_steps"], math.ceil(policy["epochs"] * classes * n / batch))
+                                           for n in arch.get("sizes", config["sizes_per_class"]))
+        rows.append({"stage": f"data_scale: training {arch['id']} (all sizes × {len(config['seeds'])} seeds)",
+                     "size": f"{steps:,} steps of {batch}", "rate": f"{r['cpu_steps_per_s']:.2f} steps/s CPU",
+                     "cpu_seconds": steps / r["cpu_steps_per_s"], "gpu_seconds": float("nan"),
+                     "gpu_x8_seconds": float("nan"), "disk_bytes": 0.0})
+    images = int(config["data"]["classes"] * 1350)  # ImageNet-100: its classes' train + val images, ~1,350 each
+    rows.append({"stage": f"data_scale: decode ImageNet-{classes} once at 64×64", "size": f"{images:,} images",
+                 "rate": f"{rates.decode:.0f} img/s/core", "cpu_seconds": images / (rates.decode * rates.cores),
+                 "gpu_seconds": images / (rates.decode * 16), "gpu_x8_seconds": images / (rates.decode * 16),
+                 "disk_bytes": 0.0})
+    return rows

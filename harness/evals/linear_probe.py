@@ -36,7 +36,7 @@ def validate(config: dict, ctx: Context) -> None:
             raise ConfigError(f"linear_probe: {data.parse(spec).name} is a retrieval data set (no class labels)")
         data.check(spec, ["train", "test"])
     for spec in config["models"]:
-        models.check(spec)
+        models.check(spec, suite_config=ctx.suite_config)
 
 
 def units(config: dict, ctx: Context) -> list[str]:
@@ -46,7 +46,8 @@ def units(config: dict, ctx: Context) -> list[str]:
 def run_unit(unit: str, config: dict, ctx: Context) -> list[dict]:
     model_id = unit.partition(":")[2]
     spec = next(s for s in map(models.parse, config["models"]) if s.id == model_id)
-    encoder = models.resolve(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
+    encoder = models.resolve(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir,
+                             suite_config=ctx.suite_config)
     encoders = [encoder] + ([models.reference(encoder)] if spec.with_reference else [])
     opts = tasks.Options.of_suite(config, ctx)
     rows = []
@@ -101,3 +102,25 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
     return [Table("linear_probe", df, f"Linear probe on {names}",
                   "linear-probe accuracy of timm, open_clip and reference models on frozen features",
                   [c for c in cols if c in df], notes)]
+
+
+def plan(config: dict, rates) -> list[dict]:
+    """The full profile's stages at ImageNet's size (harness.tools.plan): each model's features of train and
+    validation, and per model and twin the probe — a λ sweep (11 fits × ≤ 200 steps on `sweep_max_images`) and a
+    final fit on all of train (measured on the default profile: ~430 steps, float32 then float64 at ~2× the cost
+    per step)."""
+    TRAIN, VAL, CLASSES = rates.TRAIN, rates.VAL, rates.CLASSES
+    rows = rates.features("linear_probe", config, TRAIN + VAL, disk=True)
+    sample = config.get("sweep_max_images") or TRAIN
+    for declared in config["models"]:
+        spec = models.parse(declared)
+        t = rates.tower(spec)
+        d, probes = int(t["feature_dim"]), 2 if spec.with_reference else 1
+        seconds = probes * rates.ns_per_ndc * 1e-9 * d * CLASSES * (11 * 200 * sample + 430 * 1.5 * TRAIN)
+        if t["cpu_images_per_s"] != t["cpu_images_per_s"]:  # --quick: a tower not measured, its dimension unknown
+            seconds = float("nan")
+        rows.append({"stage": f"linear_probe: probe of {spec.id}" + (" + reference" if probes == 2 else ""),
+                     "size": f"{TRAIN:,} × {d:,} × {CLASSES:,}", "rate": f"{rates.ns_per_ndc:.3f} ns per N·D·C per "
+                     "step (CPU, float32)", "cpu_seconds": seconds, "gpu_seconds": float("nan"),
+                     "gpu_x8_seconds": float("nan"), "disk_bytes": 0.0})
+    return rows

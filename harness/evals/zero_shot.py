@@ -21,6 +21,7 @@ from ..infra import predictions
 from ..infra.suite import Context, Table
 from ..methods import task_metrics
 from ..methods.clip_runs import attributes, caption, raw, tokenizer, trained_clip
+from ..models.zero_shot import training as own_training
 
 RECALL_KS = tasks.RECALL_KS
 PARALLEL = "data"  # under torchrun every rank extracts a shard of the features (harness.infra.distributed)
@@ -34,7 +35,7 @@ def _own(spec: models.ModelSpec, config: dict) -> bool:
 def validate(config: dict, ctx: Context) -> None:
     """Every data set known and its local files in a recognised layout; every model known (harness.data,
     harness.models); whether a model is CLIP-like shows when it is loaded."""
-    specs = [models.check(m) for m in config["models"]]
+    specs = [models.check(m, suite_config=ctx.suite_config) for m in config["models"]]
     if any(not _own(s, config) for s in specs):
         data.check_all(zero_shot_sets(config), ["test"])
 
@@ -75,7 +76,11 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
                        GrayscaleTransform(channels=3), image_tower=model.visual, encode_text=model.encode_text,
                        tokenizer=tok)
     common = {"weights": f"trained ({spec['id']})", "dataset": d["name"], "temperature": stats["temperature"],
-              "logit_scale": stats["logit_scale"], "train_images": stats["train_images"]}
+              "logit_scale": stats["logit_scale"], "train_images": stats["train_images"],
+              # how the rows were made: trained here (the gate judges them by seed, or by image where a retraining
+              # gave the same weights: harness.tools.diff)
+              "training": own_training(config), "training_seed": int(spec["seed"]),
+              "weights_hash": models.weights_hash(model), "classes_hash": tasks.classes_hash(names)}
     base = {"model": spec["id"], "library": "reference"}
 
     test_idx = balanced_subset(test.labels, d["test_per_class"], seed=0)
@@ -158,7 +163,8 @@ def identity(spec: models.ModelSpec, ds: data.DataSpec, config: dict, n_sets: in
 
 def _eval_pretrained(spec: models.ModelSpec, config: dict, ctx: Context) -> list[dict]:
     """One CLIP-like model (and the reference converted from it) on each of the configured data sets."""
-    encoder = models.resolve(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir)
+    encoder = models.resolve(spec, seed=ctx.seed, device=ctx.device, cache_dir=ctx.cache_dir,
+                             suite_config=ctx.suite_config)
     if not encoder.clip_like:
         raise ValueError(f"{spec.string} is not CLIP-like (it needs encode_text and a tokenizer): zero-shot "
                          "classification needs a text tower; probe it with the linear_probe suite instead")
@@ -296,3 +302,15 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
                   "CLIP zero-shot classification (held-out templates), retrieval recall@k, learned temperature, "
                   "linear probe beside it; open_clip on the same weights",
                   [c for c in cols if c in df], notes)]
+
+
+def plan(config: dict, rates) -> list[dict]:
+    """The full profile's stages at ImageNet's size (harness.tools.plan): each CLIP's features of the validation
+    set, and the classifiers: 80 templates × 1,000 classes through each text tower (twice with a twin)."""
+    specs = [models.parse(m) for m in config["models"]]
+    n_text = rates.TEMPLATES * rates.CLASSES * sum(1 + s.with_reference for s in specs)
+    return [*rates.features("zero_shot", config, rates.VAL, clip_only=True),
+            {"stage": f"zero_shot: classifiers (80 templates × 1,000 classes, {len(specs)} models + twins)",
+             "size": f"{n_text:,} texts", "rate": f"{rates.texts_per_s:.0f} texts/s CPU (ViT-B-32's text tower)",
+             "cpu_seconds": n_text / rates.texts_per_s, "gpu_seconds": float("nan"), "gpu_x8_seconds": float("nan"),
+             "disk_bytes": 0.0}]

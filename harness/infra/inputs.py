@@ -9,7 +9,7 @@
 
 The data loaders (harness.data) and the weight loaders (harness.models) take their fingerprints through here, so
 the runner can keep, beside a finished unit, the fingerprints of every file the unit read, and compute the unit
-again when one of them changed (harness.infra.runner). Feature-cache keys hold the same fingerprints.
+again when one of them changed (harness.run.runner). Feature-cache keys hold the same fingerprints.
 
 What a stat cannot see: a file changed by a writer that restores both times (impossible without root: ctime is set
 by the kernel) or a file system that does not keep them (some network mounts keep whole seconds: a rewrite within

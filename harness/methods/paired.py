@@ -90,33 +90,43 @@ def bootstrap_diff(a_correct: np.ndarray, b_correct: np.ndarray, reps: int = 200
 def seed_test(a, b, seeds_a, seeds_b, level: float = 0.95) -> dict:
     """B − A of one configuration's accuracies over its training runs (one per seed): paired by seed when both
     sides ran the same seeds (Student's t on the differences), else Welch's t on the two samples; the one-sided p
-    of "B worse" and the interval of the difference at `level`. With one run on a side there is no test: the
-    training noise of the configuration is unknown."""
+    of "B worse" and of "B better", and the interval of the difference at `level`. With one run on a side there is
+    no test: the training noise of the configuration is unknown. With no spread, the same difference every time is
+    a sure sign when it is not zero and no evidence either way when it is (p_worse = p_better = 1)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     out = {"seeds_a": len(a), "seeds_b": len(b), "acc_a": float(a.mean()), "acc_b": float(b.mean()),
            "diff": float(b.mean() - a.mean())}
     if len(a) < 2 or len(b) < 2:
-        return {**out, "test": "none", "p_worse": float("nan"), "diff_ci_low": float("nan"),
-                "diff_ci_high": float("nan")}
+        return {**out, "test": "none", "p_worse": float("nan"), "p_better": float("nan"),
+                "diff_ci_low": float("nan"), "diff_ci_high": float("nan")}
     if sorted(seeds_a) == sorted(seeds_b):
         order_a, order_b = np.argsort(seeds_a), np.argsort(seeds_b)
         d = b[order_b] - a[order_a]
         mean, lo, hi = t_interval(d, level)
         sd = d.std(ddof=1)
-        # no spread: the same difference every seed, a sure sign when it is not zero, no evidence when it is
-        p = (0.0 if mean < 0 else 1.0) if sd == 0 else float(stats.t.cdf(mean / (sd / np.sqrt(len(d))), len(d) - 1))
-        return {**out, "test": f"paired t over {len(d)} seeds", "p_worse": p, "diff_ci_low": lo, "diff_ci_high": hi}
+        if sd == 0:
+            worse, better = _sure(mean)
+        else:
+            t = mean / (sd / np.sqrt(len(d)))
+            worse, better = float(stats.t.cdf(t, len(d) - 1)), float(stats.t.sf(t, len(d) - 1))
+        return {**out, "test": f"paired t over {len(d)} seeds", "p_worse": worse, "p_better": better,
+                "diff_ci_low": lo, "diff_ci_high": hi}
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = float(np.sqrt(va + vb))
     diff = out["diff"]
     if se == 0:
-        p, half = (0.0 if diff < 0 else 1.0), 0.0
+        (worse, better), half = _sure(diff), 0.0
     else:
         dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch–Satterthwaite
-        p = float(stats.t.cdf(diff / se, dof))
+        worse, better = float(stats.t.cdf(diff / se, dof)), float(stats.t.sf(diff / se, dof))
         half = float(stats.t.ppf((1 + level) / 2, dof) * se)
-    return {**out, "test": f"Welch t ({len(a)} vs {len(b)} seeds)", "p_worse": p, "diff_ci_low": diff - half,
-            "diff_ci_high": diff + half}
+    return {**out, "test": f"Welch t ({len(a)} vs {len(b)} seeds)", "p_worse": worse, "p_better": better,
+            "diff_ci_low": diff - half, "diff_ci_high": diff + half}
+
+
+def _sure(diff: float) -> tuple[float, float]:
+    """(p_worse, p_better) of a difference with no spread: 0 on its side, 1 on the other; 1 and 1 when it is 0."""
+    return (0.0 if diff < 0 else 1.0), (0.0 if diff > 0 else 1.0)
 
 
 def holm(p) -> np.ndarray:

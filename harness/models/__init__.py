@@ -79,6 +79,10 @@ class Model:
     encode_text: Callable[[torch.Tensor], torch.Tensor] | None = None  # tokens -> (B, D): a CLIP-like model
     tokenizer: Callable | None = None  # list of texts -> tokens
     weights_of: Model | None = None  # a converted twin carries the weights of this model
+    # weights a suite trained: the training run's configuration (its seed aside) and its seed; None: fixed weights
+    # (a tag, a file, a seeded initialisation). The regression gate judges trained rows by seed (harness.tools.diff)
+    training: str | None = None
+    training_seed: int | None = None
 
     def __post_init__(self):
         self.image_tower = self.module if self.image_tower is None else self.image_tower
@@ -173,19 +177,25 @@ def wrap(module: nn.Module, tokenizer: Callable | None = None) -> Model:
     return library(name).wrap(module, spec, tokenizer)
 
 
-def check(spec: str | dict | ModelSpec, weights: str | None = None) -> ModelSpec:
+TRAINED = ("data_scale", "zero_shot")  # libraries of models a suite trains: built from that suite's config
+
+
+def check(spec: str | dict | ModelSpec, weights: str | None = None, suite_config=None) -> ModelSpec:
     """The declaration parsed and checked before any work: a name its library knows (or the closest ones), weights
-    that can be what it needs (a known tag, or a file of its architecture)."""
+    that can be what it needs (a known tag, or a file of its architecture). `suite_config(name)`: a suite's
+    default config, for the models a suite trains (the run's Context.suite_config)."""
     parsed = parse(spec, weights)
-    library_of(parsed).check(parsed)
+    extra = {"suite_config": suite_config} if parsed.library in TRAINED else {}
+    library_of(parsed).check(parsed, **extra)
     return parsed
 
 
 def resolve(spec: str | dict | ModelSpec, seed: int = 0, device: torch.device | str = "cpu",
-            cache_dir: Path | None = None, weights: str | None = None) -> Model:
-    """The Model a declaration names, in eval mode on `device`."""
+            cache_dir: Path | None = None, weights: str | None = None, suite_config=None) -> Model:
+    """The Model a declaration names, in eval mode on `device` (suite_config: as for check)."""
     parsed = parse(spec, weights)
-    return library_of(parsed).load(parsed, seed=seed, device=device, cache_dir=cache_dir)
+    extra = {"suite_config": suite_config} if parsed.library in TRAINED else {}
+    return library_of(parsed).load(parsed, seed=seed, device=device, cache_dir=cache_dir, **extra)
 
 
 def reference(model: Model) -> Model:
@@ -196,6 +206,7 @@ def reference(model: Model) -> Model:
     if twin is None:
         raise ValueError(f"no reference converter for {model.spec.string}: with_reference works for timm and "
                          "open_clip ViTs and transformers' CLIPModel and ViTModel")
+    twin.training, twin.training_seed = model.training, model.training_seed
     return twin
 
 

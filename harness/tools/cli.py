@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..infra import distributed, memory, runner
-from ..infra.suite import ConfigError, known_keys, parse_assignments
+from ..infra import distributed, memory
+from ..infra.suite import ConfigError
 from ..methods.numerics import DTYPES
+from ..run import runner
+from ..run.suites import known_keys, parse_assignments
 from .args import Parser
 
 
@@ -223,47 +225,16 @@ def read_overrides(path: Path | None) -> dict:
     return {f"{suite}.{key}": value for suite, keys in data.items() for key, value in keys.items()}
 
 
-GPU_CHECK_SUITES = ["agreement", "data_scale", "zero_shot", "linear_probe"]
-# --quick: the agreement suite on its smallest models (every dtype and backend), no training suites; of the
-# transformers rows, the Ti/16 ViTModel (suites/agreement.py's hf-vit-ti16)
-QUICK_AGREEMENT = {"models": ["timm:vit_tiny_patch16_224"], "gradient_models": ["timm:vit_tiny_patch16_224"],
-                   "clip.models": ["open_clip:ViT-S-32"], "clip.gradient_models": [], "clip.timm_towers": {},
-                   "hf.models": [{"model": "hf:ViTModel", "id": "hf-vit-ti16", "kwargs": {
-                       "hidden_size": 192, "intermediate_size": 768, "num_attention_heads": 3}}],
-                   "hf.gradient_models": [], "attention.seq_lens": [50, 197], "attention.heads": [4]}
-# --device cpu: every step of the check, each suite shrunk to fit CI (a few minutes on 2 cores) through the same
-# code: the smallest models, bfloat16/float16 on the tiny ViT, the loss and attention; two small training sizes
-CPU_SIZED = {
-    "agreement": {**QUICK_AGREEMENT, "attention.seq_lens": [50], "cpu_low_precision_models": ["vit_tiny_patch16_224"],
-                  "clip.loss.batch_sizes": [8, 64]},
-    "data_scale": {"sizes_per_class": [10, 20], "seeds": [0, 1], "data.test_per_class": 20,
-                   "step_policy": {"min_steps": 20, "epochs": 1}, "architectures.3.sizes": [10]},
-    "zero_shot": {"train.recipe.steps": 20, "train.data.per_class": 20, "data.test_per_class": 20,
-                  "data.retrieval_per_class": 10, "probe.train_per_class": 20},
-    "linear_probe": {"datasets.0.train_per_class": 20, "datasets.0.test_per_class": 20},  # models: _cpu_sized()
-}
-
-
-def _cpu_sized(name: str) -> dict:
-    """CPU_SIZED[name]; the linear probe without the data-scale suite's models (they would train at full size)."""
-    from .. import models as models_lib
-
-    sized = dict(CPU_SIZED[name])
-    if name == "linear_probe":
-        models = runner.load_suite(name).get_config("default")["models"]
-        sized["models"] = [m for m in models if models_lib.parse(m).library != "data_scale"]
-    return sized
-
-
 def gpu_check(out: Path, device_name: str = "cuda", cache_dir: Path = runner.DEFAULT_CACHE,
               quick: bool = False, allow_failures: bool = False) -> int:
-    """Everything a GPU changes, in one command, each step timed: the agreement suite (bfloat16 and float16 with
-    every SDPA backend the GPU offers, TF32 off), the default profiles of data_scale, zero_shot and linear_probe,
-    the benchmarks in bfloat16 (models, attention, probe, pipeline), and a rehearsal of the full profile (an
-    ImageNet-shaped tree and library-format checkpoints, models shrunk). --quick: agreement on its two smallest
-    models, the benchmarks' quick parts, a 10-class rehearsal of zero_shot. `--device cpu` runs every step at a
-    size that fits CI (CPU_SIZED), through the same code. Tables go to `out`, the rehearsal's to out/rehearsal; the
-    exit status is 1 when a verdict row failed (after every step ran), 0 otherwise or with allow_failures.
+    """Everything a GPU changes, in one command, each step timed: every suite's default profile (the agreement
+    suite in bfloat16 and float16 with every SDPA backend the GPU offers, TF32 off), the benchmarks in bfloat16
+    (models, attention, probe, pipeline), and a rehearsal of the full profile (an ImageNet-shaped tree and
+    library-format checkpoints, models shrunk: each suite's REHEARSAL). --quick: the suites that declare QUICK
+    (agreement on its smallest models), the benchmarks' quick parts, a 10-class rehearsal of the suites that
+    declare QUICK_REHEARSAL (zero_shot). `--device cpu` runs every step at a size that fits CI (each suite's "ci"
+    profile), through the same code. Tables go to `out`, the rehearsal's to out/rehearsal; the exit status is 1
+    when a verdict row failed (after every step ran), 0 otherwise or with allow_failures.
 
     Step times measured on one NVIDIA H200 (2026-11-29, results/gpu/RUN.md, each step run on its own): agreement
     69 s, data_scale ~150 s, zero_shot 53 s, the models and attention benchmarks 49 s; the linear probe did not
@@ -283,18 +254,22 @@ def gpu_check(out: Path, device_name: str = "cuda", cache_dir: Path = runner.DEF
         timings[name] = time.perf_counter() - start
         print(f"gpu-check: {name} {timings[name]:.0f} s", file=sys.stderr, flush=True)
 
-    for name in GPU_CHECK_SUITES[:1] if quick else GPU_CHECK_SUITES:
-        sized = _cpu_sized(name) if on_cpu else QUICK_AGREEMENT if quick else None
-        step(name, lambda n=name, a=sized: runner.run_suite(n, "default", ctx, out, assignments=a))
+    suites = {name: runner.load_suite(name) for name in runner.suite_names()}
+    for name, suite in suites.items():
+        if quick and not hasattr(suite, "QUICK"):
+            continue  # --quick: the suites that declare a quick check (agreement's smallest models)
+        profile = "ci" if on_cpu else "default"  # on a CPU each suite's "ci" profile: its every step, CI-sized
+        quick_sets = {f"{name}.{k}": v for k, v in getattr(suite, "QUICK", {}).items()} if quick and not on_cpu \
+            else None
+        step(name, lambda n=name, p=profile, a=quick_sets: runner.run_suite(n, p, ctx, out, assignments=a))
     parts = ["models", "attention", "pipeline"] + ([] if quick else ["probe"])
     step("bench", lambda: bench.run(device, "bfloat16", out, parts, quick=quick or on_cpu))
 
     def rehearse() -> None:
         nonlocal status
         root = Path(cache_dir) / "rehearsal-gpu-check"
-        small = {k: v for k, v in rehearsal.SMALL_MODELS.items() if not quick or k.startswith("zero_shot.")}
-        sets = [f"{k}={json.dumps(v)}" for k, v in small.items()]
-        names = ["zero_shot"] if quick else GPU_CHECK_SUITES
+        names = [n for n, s in suites.items() if not quick or getattr(s, "QUICK_REHEARSAL", False)]
+        sets = [f"{k}={json.dumps(v)}" for k, v in rehearsal.small_models(names).items()]
         rehearsal.main([str(root), "--classes", "10" if quick or on_cpu else "1000", "--train-per-class", "1",
                         "--val-per-class", "1", "--workers", str(min(16, os.cpu_count() or 1)),
                         "--suites", ",".join(names), *[a for s in sets for a in ("--set", s)]])

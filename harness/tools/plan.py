@@ -38,36 +38,98 @@ def _time(fn, reps: int = 3) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def towers() -> list:
-    """The image towers the full profiles of linear_probe and zero_shot name (harness.models specs, each
-    architecture once: the rates are the architecture's, measured with random weights)."""
-    from .. import models
-    from ..infra.suite import load_suite
+class Rates:
+    """The rates a suite's plan multiplies by its sizes (its evaluator's plan(config, rates)): measured here, when
+    first asked for, or read from this repository's GPU table."""
 
-    seen = {}
-    for suite in ("linear_probe", "zero_shot"):
-        for declared in load_suite(suite).get_config("full")["models"]:
+    TRAIN, VAL, CLASSES, TEMPLATES = TRAIN, VAL, CLASSES, TEMPLATES  # ImageNet-1k's sizes
+
+    def __init__(self, quick: bool, gpu_bench: Path | None):
+        self.quick, self.cores = quick, torch.get_num_threads()
+        self.decode, self.jpeg_bytes = decode_rate(60 if quick else 150)
+        self._towers: dict[tuple, dict] = {}
+        self._texts = self._probe = None
+        self.train = pd.DataFrame()  # steps/s of the training runs a suite measured (data_scale's plan)
+        self.gpu, self.gpu_device, self.twin_ratio = {}, None, None
+        if gpu_bench is not None:
+            table, self.gpu_device = read_bench_table(Path(gpu_bench))
+            g = table[table["implementation"] == "library"]
+            self.gpu = dict(zip(g["model"], g["images_per_s"].astype(float)))
+            fused = table[table["implementation"] == "reference (fused)"]["ratio_to_library"].astype(float)
+            self.twin_ratio = (fused.min(), fused.max()) if len(fused) else None
+
+    def tower(self, spec) -> dict:
+        """Forward images/s of a tower's image encoder (what feature extraction runs), batch 8, on this CPU, its
+        feature dimension and whether it is CLIP-like; the rate of its architecture (random weights). --quick
+        measures two towers; the others' rate is then NaN."""
+        from .. import models
+
+        key = (spec.string, str(spec.kwargs))
+        if key not in self._towers:
+            if self.quick and len(self._towers) >= 2:
+                return {"model": spec.id, "architecture": spec.string, "feature_dim": 512, "clip_like": True,
+                        "with_reference": spec.with_reference, "cpu_images_per_s": float("nan")}
+            model = models.resolve({"model": spec.string, "kwargs": spec.kwargs})
+            x = torch.randn(8, *model.input_size)
+            with torch.inference_mode():
+                dim = model.encode_image(x[:1]).shape[-1]
+                seconds = _time(lambda m=model, x=x: m.encode_image(x), reps=1 if "L-14" in spec.name else 2)
+            self._towers[key] = {"model": spec.id, "architecture": spec.string, "feature_dim": dim,
+                                 "with_reference": spec.with_reference, "clip_like": model.clip_like,
+                                 "cpu_images_per_s": 8 / seconds}
+        return self._towers[key]
+
+    def gpu_rate(self, architecture: str) -> float:
+        """The GPU table times the architecture under its timm / open_clip name, without a pretrained tag."""
+        return self.gpu.get(architecture.partition(":")[2].split(".")[0], float("nan"))
+
+    @property
+    def texts_per_s(self) -> float:
+        if self._texts is None:
+            self._texts = text_rate()
+        return self._texts
+
+    @property
+    def probe(self) -> pd.DataFrame:
+        if self._probe is None:
+            self._probe = probe_rates(self.quick)
+        return self._probe
+
+    @property
+    def ns_per_ndc(self) -> float:
+        return float(self.probe["ns_per_NDC"].median())
+
+    def feature_bytes(self, dim: int) -> float:
+        return feature_bytes(dim)
+
+    def features(self, suite: str, config: dict, images: int, clip_only: bool = False,
+                 disk: bool = False) -> list[dict]:
+        """The rows of extracting features of `images` images with each model of a full profile (and its twin):
+        the decode in DataLoader workers competing with the model for the CPU's cores; on the GPU machine 16 cores
+        decode."""
+        from .. import models
+
+        rows, seen = [], set()
+        for declared in config["models"]:
             spec = models.parse(declared)
-            seen.setdefault((spec.string, str(spec.kwargs)), spec)
-    return list(seen.values())
+            t = self.tower(spec)
+            if (spec.string, str(spec.kwargs)) in seen or (clip_only and not t["clip_like"]):
+                continue
+            seen.add((spec.string, str(spec.kwargs)))
+            passes = 2 if spec.with_reference else 1  # library and reference twin each extract their features
+            n = images * passes
+            decode_s = n / (self.decode * self.cores)
+            g_rate = self.gpu_rate(spec.string)
+            gpu_s = max(n / g_rate, n / (self.decode * 16))
+            rows.append({"stage": f"{suite}: features of {spec.id}" + (" + reference" if passes == 2 else ""),
+                         "size": f"{n:,} images", "rate": f"{t['cpu_images_per_s']:.1f} img/s CPU forward; "
+                         f"{self.decode:.0f} img/s/core decode" + (f"; {g_rate:,.0f} img/s GPU" if g_rate == g_rate
+                                                                    else ""),
+                         "cpu_seconds": n / t["cpu_images_per_s"] + decode_s, "gpu_seconds": gpu_s,
+                         "gpu_x8_seconds": gpu_s / 8, "disk_bytes": n * self.feature_bytes(int(t["feature_dim"]))
+                         if disk else 0.0})
+        return rows
 
-
-def tower_rates(quick: bool) -> pd.DataFrame:
-    """Forward images/s of each tower's image encoder (what feature extraction runs), batch 8, on this CPU."""
-    from .. import models
-
-    rows = []
-    for spec in towers()[: 2 if quick else None]:
-        model = models.resolve({"model": spec.string, "kwargs": spec.kwargs})
-        x = torch.randn(8, *model.input_size)
-        with torch.inference_mode():
-            dim = model.encode_image(x[:1]).shape[-1]
-            seconds = _time(lambda m=model, x=x: m.encode_image(x), reps=1 if "L-14" in spec.name else 2)
-        rows.append({"model": spec.id, "architecture": spec.string, "feature_dim": dim,
-                     "with_reference": spec.with_reference, "clip_like": model.clip_like,
-                     "cpu_images_per_s": 8 / seconds})
-        del model
-    return pd.DataFrame(rows)
 
 
 def text_rate() -> float:
@@ -121,22 +183,6 @@ def probe_rates(quick: bool) -> pd.DataFrame:
     return df
 
 
-def train_rates() -> pd.DataFrame:
-    """Steps/s of the data-scale full profile's architectures at batch 256, 64×64, on this CPU (2 steps)."""
-    from ..infra.suite import load_suite
-    from ..methods.scale_runs import build_architecture
-    from ..methods.train import Recipe, train
-
-    cfg = load_suite("data_scale").get_config("full")
-    rows = []
-    for arch in cfg["architectures"]:
-        model = build_architecture(arch)
-        x, y = torch.randn(256, 3, 64, 64), torch.randint(0, 100, (256,))
-        stats = train(model, x, y, Recipe(steps=2, batch_size=256), seed=0, desc=arch["id"])
-        rows.append({"architecture": arch["id"], "cpu_steps_per_s": 2 / stats["train_seconds"]})
-    return pd.DataFrame(rows)
-
-
 GPU_BENCH = results.REPO_ROOT / "results" / "gpu" / "bench_models.csv"
 
 
@@ -169,85 +215,29 @@ def _fmt_time(seconds: float) -> str:
 
 
 def plan(quick: bool = False, gpu_bench: Path | None = None) -> tuple[pd.DataFrame, dict, dict]:
-    """(stage table, rate table, facts)."""
-    cores = torch.get_num_threads()
-    decode, jpeg_bytes = decode_rate(60 if quick else 150)
-    towers = tower_rates(quick)
-    texts = text_rate()
-    probe = probe_rates(quick)
-    ns_ndc = float(probe["ns_per_NDC"].median())
-    train = train_rates()
-    gpu, gpu_device, twin_ratio = {}, None, None
-    if gpu_bench is not None:
-        table, gpu_device = read_bench_table(Path(gpu_bench))
-        g = table[table["implementation"] == "library"]
-        gpu = dict(zip(g["model"], g["images_per_s"].astype(float)))
-        fused = table[table["implementation"] == "reference (fused)"]["ratio_to_library"].astype(float)
-        twin_ratio = (fused.min(), fused.max()) if len(fused) else None
+    """(stage table, rate table, facts): each suite's full profile planned by its evaluator's plan(config, rates)."""
+    import importlib
+
+    from ..run.suites import load_suite, suite_names
+
+    rates = Rates(quick, gpu_bench)
     rows = []
-    for _, t in towers.iterrows():
-        passes = 2 if t["with_reference"] else 1  # library and reference twin each extract their features
-        for suite, images in (("linear_probe", TRAIN + VAL), ("zero_shot", VAL)):
-            if suite == "zero_shot" and not t["clip_like"]:
-                continue
-            n = images * passes
-            decode_s = n / (decode * cores)  # decoding in DataLoader workers, one per core
-            cpu_s = n / t["cpu_images_per_s"] + decode_s  # decoding competes with the model for the same cores
-            # the GPU table times the architecture under its timm / open_clip name, without a pretrained tag
-            g_rate = gpu.get(t["architecture"].partition(":")[2].split(".")[0], float("nan"))
-            gpu_s = max(n / g_rate, n / (decode * 16))  # the GPU machine: 16 cores decoding
-            rows.append({"stage": f"{suite}: features of {t['model']}" + (" + reference" if passes == 2 else ""),
-                         "size": f"{n:,} images", "rate": f"{t['cpu_images_per_s']:.1f} img/s CPU forward; "
-                         f"{decode:.0f} img/s/core decode" + (f"; {g_rate:,.0f} img/s GPU" if g_rate == g_rate else ""),
-                         "cpu_seconds": cpu_s, "gpu_seconds": gpu_s, "gpu_x8_seconds": gpu_s / 8,
-                         "disk_bytes": n * feature_bytes(int(t["feature_dim"])) if suite == "linear_probe" else 0.0})
-    # zero-shot classifiers: 80 templates × 1,000 classes through each open_clip text tower (twice with a twin)
-    from .. import models
-    from ..infra.suite import load_suite
-
-    zero_shot = [models.parse(m) for m in load_suite("zero_shot").get_config("full")["models"]]
-    n_text = TEMPLATES * CLASSES * sum(1 + s.with_reference for s in zero_shot)
-    rows.append({"stage": f"zero_shot: classifiers (80 templates × 1,000 classes, {len(zero_shot)} models + twins)",
-                 "size": f"{n_text:,} texts", "rate": f"{texts:.0f} texts/s CPU (ViT-B-32's text tower)",
-                 "cpu_seconds": n_text / texts, "gpu_seconds": float("nan"), "gpu_x8_seconds": float("nan"),
-                 "disk_bytes": 0.0})
-    # the probe, per model and twin: a λ sweep (11 fits × ≤ 200 steps on a sample of 100,000 images, the full
-    # profile's sweep_max_images) and a final fit on all of train (measured on the default profile: ~430 steps,
-    # float32 then float64 at ~2× the cost per step)
-    for _, t in towers.iterrows():
-        d, probes = int(t["feature_dim"]), 2 if t["with_reference"] else 1
-        seconds = probes * ns_ndc * 1e-9 * d * CLASSES * (11 * 200 * 100_000 + 430 * 1.5 * TRAIN)
-        rows.append({"stage": f"linear_probe: probe of {t['model']}" + (" + reference" if probes == 2 else ""),
-                     "size": f"{TRAIN:,} × {d:,} × {CLASSES:,}", "rate": f"{ns_ndc:.3f} ns per N·D·C per step "
-                     "(CPU, float32)", "cpu_seconds": seconds, "gpu_seconds": float("nan"),
-                     "gpu_x8_seconds": float("nan"), "disk_bytes": 0.0})
-    # data_scale full: ImageNet-100 decoded once at 64×64, 3 seeds × 7 sizes × 2 architectures + timm's ViT
-    from ..infra.suite import load_suite
-
-    full = load_suite("data_scale").get_config("full")
-    policy, batch, classes = full["step_policy"], full["recipe"]["batch_size"], full["data"]["classes"]
-    steps = {a["id"]: len(full["seeds"]) * sum(max(policy["min_steps"],
-                                                   math.ceil(policy["epochs"] * classes * n / batch))
-                                               for n in a.get("sizes", full["sizes_per_class"]))
-             for a in full["architectures"]}
-    for _, r in train.iterrows():
-        rows.append({"stage": f"data_scale: training {r['architecture']} (all sizes × 3 seeds)",
-                     "size": f"{steps[r['architecture']]:,} steps of 256", "rate":
-                     f"{r['cpu_steps_per_s']:.2f} steps/s CPU", "cpu_seconds": steps[r["architecture"]] /
-                     r["cpu_steps_per_s"], "gpu_seconds": float("nan"), "gpu_x8_seconds": float("nan"),
-                     "disk_bytes": 0.0})
-    rows.append({"stage": "data_scale: decode ImageNet-100 once at 64×64", "size": "135,000 images",
-                 "rate": f"{decode:.0f} img/s/core", "cpu_seconds": 135_000 / (decode * cores),
-                 "gpu_seconds": 135_000 / (decode * 16), "gpu_x8_seconds": 135_000 / (decode * 16),
-                 "disk_bytes": 0.0})
-    stages = pd.DataFrame(rows)
-    rates = {"Image towers: forward images/s (float32, batch 8, 224×224)": towers,
-             "Linear probe: seconds per objective evaluation (float32, blocks of 1,024 rows)": probe,
-             "Data-scale full profile: training steps/s (batch 256, 64×64)": train}
-    facts = {"cores": cores, "decode_per_core": decode, "jpeg_bytes": jpeg_bytes, "texts_per_s": texts,
-             "ns_per_NDC": ns_ndc, "gpu_source": str(gpu_bench) if gpu else None, "gpu_device": gpu_device,
-             "twin_ratio": twin_ratio}
-    return stages, rates, facts
+    for name in suite_names():
+        suite = load_suite(name)
+        evaluator = importlib.import_module(suite.EVALUATOR if "." in suite.EVALUATOR else
+                                            f"harness.evals.{suite.EVALUATOR}")
+        if hasattr(evaluator, "plan"):
+            rows += evaluator.plan(suite.get_config("full"), rates)
+    towers = pd.DataFrame(list(rates._towers.values()))
+    tables = {"Image towers: forward images/s (float32, batch 8, 224×224)": towers,
+              "Linear probe: seconds per objective evaluation (float32, blocks of 1,024 rows)": rates.probe}
+    if len(rates.train):
+        tables["Data-scale full profile: training steps/s (batch 256, 64×64)"] = rates.train
+    facts = {"cores": rates.cores, "decode_per_core": rates.decode, "jpeg_bytes": rates.jpeg_bytes,
+             "texts_per_s": rates.texts_per_s, "ns_per_NDC": rates.ns_per_ndc,
+             "gpu_source": str(gpu_bench) if rates.gpu else None, "gpu_device": rates.gpu_device,
+             "twin_ratio": rates.twin_ratio}
+    return pd.DataFrame(rows), tables, facts
 
 
 def write(out: Path, quick: bool = False, gpu_bench: Path | None = None) -> Path:

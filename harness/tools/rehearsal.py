@@ -144,44 +144,20 @@ def write_tree(root: Path, classes: int, train_per_class: int, val_per_class: in
             "write_seconds": time.perf_counter() - start}
 
 
-_TINY_TEXT = {"layers": 1, "width": 64, "heads": 2}
-_TINY_VISION = {"layers": 1, "width": 64, "head_width": 32}
-_CLIP = {"model": "open_clip:ViT-B-32/openai", "with_reference": True,
-         "kwargs": {"vision_cfg": _TINY_VISION, "text_cfg": _TINY_TEXT, "embed_dim": 32}}
-# The full profiles with every model shrunk (one block per tower, narrow towers; images at their real 224 pixels,
-# 80 templates × the classes present): what a CPU gets through in minutes, as `--set` assignments.
-SMALL_MODELS = {
-    "agreement.models": ["timm:vit_tiny_patch16_224"], "agreement.gradient_models": [],
-    "agreement.clip.models": ["open_clip:ViT-S-32"], "agreement.clip.gradient_models": [],
-    "agreement.clip.timm_towers": {},
-    # the full profile's transformers checkpoints are hub folders, for which no random stand-in is written (no
-    # save_random for hf: models yet): the rehearsal leaves them out (the default profile runs their architectures)
-    "agreement.hf.models": [], "agreement.hf.gradient_models": [],
-    "agreement.dtypes": ["float32"], "agreement.photos": ["astronaut"], "agreement.random_inputs": 1,
-    "agreement.attention.seq_lens": [7], "agreement.attention.heads": [2],
-    "linear_probe.models": [
-        {"model": "timm:vit_base_patch16_224.augreg_in21k", "kwargs": {"depth": 1, "embed_dim": 64, "num_heads": 2},
-         "weights": "pretrained", "with_reference": True},
-        _CLIP],
-    "zero_shot.models": [{**_CLIP, "published_top1": 63.32}],
-    "data_scale.sizes_per_class": [1], "data_scale.seeds": [0], "data_scale.data.test_per_class": 1,
-    "data_scale.data.workers": 0, "data_scale.step_policy": {"min_steps": 2, "epochs": 1},
-    "data_scale.architectures.0.kwargs.depth": 1, "data_scale.architectures.0.kwargs.width": 32,
-    "data_scale.architectures.0.kwargs.mlp_dim": 64, "data_scale.architectures.0.kwargs.heads": 2,
-    "data_scale.architectures.1.kwargs.widths": [8, 8, 8],
-    "data_scale.architectures.2.kwargs.embed_dim": 32, "data_scale.architectures.2.kwargs.depth": 1,
-    "data_scale.architectures.2.kwargs.num_heads": 2, "data_scale.architectures.2.sizes": [1],
-    "data_scale.architectures.3.kwargs.depth": 1, "data_scale.architectures.3.kwargs.width": 32,
-    "data_scale.architectures.3.kwargs.mlp_dim": 64, "data_scale.architectures.3.kwargs.heads": 2,
-    "data_scale.architectures.3.kwargs.stem": {"layers": [1, 1], "width": 8, "channels": [16, 32], "groups": 4},
-    "linear_probe.workers": 2, "zero_shot.workers": 2, "linear_probe.batch_size": 128, "zero_shot.batch_size": 128,
-}
+def small_models(names: list[str] | None = None) -> dict:
+    """The full profiles with every model shrunk (one block per tower, narrow towers; images at their real 224
+    pixels, 80 templates × the classes present): what a CPU gets through in minutes, as `--set` assignments
+    (SUITE.KEY: value) — each suite's own REHEARSAL declaration (suites/*.py)."""
+    from ..run.suites import load_suite, suite_names
+
+    return {f"{name}.{k}": v for name in names or suite_names()
+            for k, v in getattr(load_suite(name), "REHEARSAL", {}).items()}
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
 def _full_specs(assignments: dict) -> dict[str, dict]:
     """Each suite's full-profile config with the --set overrides applied."""
-    from ..infra.suite import apply_overrides, load_suite, overrides_for, suite_names
+    from ..run.suites import apply_overrides, load_suite, overrides_for, suite_names
 
     configs = {}
     for name in suite_names():
@@ -213,21 +189,20 @@ def write_checkpoints(root: Path, assignments: dict, imagenet_dir: Path, suites:
         out.setdefault("id", spec.id)
         return {**out, "weights": str(written[key])}
 
+    from ..run.suites import load_suite
+
     overrides: dict[str, dict] = {}
-    suites = suites or list(configs)
-    if "agreement" in suites:
-        a, clip = configs["agreement"], configs["agreement"]["clip"]
-        overrides["agreement"] = {
-            "models": [with_file(m, a.get("weights")) for m in a["models"]],
-            "gradient_models": [with_file(m, a.get("weights")) for m in a["gradient_models"]],
-            "clip.models": [with_file(m) for m in clip["models"]],
-            "clip.gradient_models": [with_file(m) for m in clip["gradient_models"]],
-        }
-    for suite in [s for s in ("linear_probe", "zero_shot") if s in suites]:
-        declared = [with_file(m) if models.savable(m) else m for m in configs[suite]["models"]]
-        overrides[suite] = {"datasets": [{"name": "imagenet", "root": str(imagenet_dir)}], "models": declared}
-    if "data_scale" in suites:
-        overrides["data_scale"] = {"data.root": str(imagenet_dir)}
+    for suite in suites or list(configs):
+        declared = load_suite(suite)  # which keys name models, and how its data is pointed at the tree
+        config, mine = configs[suite], {}
+        for key in getattr(declared, "MODEL_KEYS", []):
+            node = config
+            for part in key.split("."):
+                node = node[part]
+            weights = config.get(declared.WEIGHTS_KEY) if "." not in key and hasattr(declared, "WEIGHTS_KEY") \
+                else None
+            mine[key] = [with_file(m, weights) if models.savable(m) else m for m in node]
+        overrides[suite] = {**declared.rehearsal_data(str(imagenet_dir)), **mine}
     for key, value in assignments.items():  # the --set overrides stay in force for the run
         suite, _, rest = key.partition(".")
         if suite in overrides and rest not in overrides[suite]:
@@ -237,7 +212,7 @@ def write_checkpoints(root: Path, assignments: dict, imagenet_dir: Path, suites:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..infra.suite import parse_assignments
+    from ..run.suites import parse_assignments
     from .args import Parser
 
     p = Parser(prog="python -m harness rehearsal", description=__doc__.splitlines()[0])

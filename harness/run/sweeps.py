@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .suite import ConfigError, Table
+from ..infra.suite import ConfigError, Table
 
 METRICS = ("top1", "mean_R@1", "main_metric")  # the first a row has is plotted and compared
 
@@ -99,7 +99,7 @@ def tables(rows: list[dict], suite: str, out_dir: Path) -> list[Table]:
     df = df[df[metric].notna()].sort_values([*keys, "step"], kind="stable").reset_index(drop=True)
     cols = [*keys, "step", "model", metric, *[c for c in ("top5", "mean_per_class_recall", "images") if c in df]]
     pairs = _pairs(df, keys, metric, Path(out_dir))
-    note = (f"`{metric}` of each checkpoint of a sweep (harness.infra.sweeps: the step is the last number in the "
+    note = (f"`{metric}` of each checkpoint of a sweep (harness.run.sweeps: the step is the last number in the "
             "checkpoint's file name).")
     out = [Table(f"{suite}_sweep", df[cols], f"{suite}: checkpoint sweep", f"{suite}'s {metric} by checkpoint step",
                  cols, note, plot=lambda d, path, m=metric, k=keys: _plot(d, path, m, k))]
@@ -114,8 +114,8 @@ def tables(rows: list[dict], suite: str, out_dir: Path) -> list[Table]:
 
 
 def _pairs(df: pd.DataFrame, keys: list[str], metric: str, out_dir: Path) -> pd.DataFrame:
+    from ..infra import predictions
     from ..methods import paired
-    from . import predictions
 
     rows = []
     for group, g in df.groupby(keys, sort=False, dropna=False):

@@ -20,6 +20,7 @@ code a suite does not use leaves its cache valid.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import re
@@ -32,21 +33,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import cache, distributed, inputs, predictions, results, sweeps
-from .suite import (  # noqa: F401  (re-exported: the runner is where a run's protocol is read)
-    DEFAULT_CACHE,
-    SUITES_DIR,
-    ConfigError,
-    Context,
-    Failure,
-    Table,
-    apply_overrides,
-    load_suite,
-    overrides_for,
-    suite_names,
-)
-
-PROFILES = ("default", "full")
+from ..infra import cache, distributed, inputs, predictions, results
+from ..infra.suite import DEFAULT_CACHE, ConfigError, Context, Failure, Table  # noqa: F401  (the run's protocol)
+from . import suites, sweeps
+from .suites import PROFILES, SUITES_DIR, apply_overrides, load_suite, overrides_for, suite_names  # noqa: F401
 
 
 def resolve_device(name: str) -> torch.device:
@@ -181,10 +171,10 @@ def prepare(name: str, profile: str, ctx: Context, assignments: dict | None = No
             suites_dir: Path = SUITES_DIR) -> Prepared:
     """Load suite `name` and resolve its config; every problem that can be found without doing the work (an
     unknown suite, profile, config key, dtype, model, weight file, data folder) is raised here, as ConfigError."""
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}: choose from {', '.join(PROFILES)}")
     suite = load_suite(name, suites_dir)
-    config = suite.get_config(profile)
+    config = suites.config(suite, profile)
+    if ctx.suite_config is None:  # the models a suite trains are built from that suite's default config
+        ctx.suite_config = functools.partial(suites.default_config, suites_dir=suites_dir)
     if ctx.dtypes:
         config = {**config, "dtypes": ctx.dtypes}
     config = apply_overrides(config, overrides_for(suite.NAME, config, assignments or {}), suite.NAME)
