@@ -31,7 +31,7 @@ BAD = {
                 (["compare", "--candidate", "python:tests.models:tiny", "--library", "timm:vit_nope"],
                  "timm has no model")],
     "diff": [(["diff", "{empty}", "{empty}"], "no table there names per-image predictions"),
-             (["diff", "{lost}", "{lost}"], "predictions file(s) that are not there"),
+             (["diff", "{lost}", "{lost}"], "which is not there: copy the whole results folder"),
              (["diff", "{empty}", "{empty}", "--reps", "0"], "--reps 0"),
              (["diff", "{empty}", "{empty}", "--alpha", "2"], "--alpha 2.0"),
              (["diff", "/nonexistent/a", "/nonexistent/b"], "expected a results folder")],
