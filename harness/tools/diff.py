@@ -209,7 +209,7 @@ def compare_seeds(a: dict[int, dict], b: dict[int, dict], alpha: float = 0.05) -
     r = paired.seed_test(acc["a"], acc["b"], sorted(a), sorted(b), level=1 - alpha)
     seeds = f"{','.join(map(str, sorted(a)))} vs {','.join(map(str, sorted(b)))}"
     if r["test"] == "none":
-        return {**r, "unit": "seeds", "seeds": seeds, "verdict": NOT_JUDGED, "not_judged": True, "p_worse": np.nan,
+        return {**r, "unit": "seeds", "seeds": seeds, "verdict": NOT_JUDGED, "p_worse": np.nan,
                 "p_better": np.nan, "test": "none: the training noise of the configuration is unknown with one run "
                                             "a side"}
     same = sorted(a) == sorted(b) and acc["a"] == acc["b"]
@@ -323,14 +323,15 @@ def verdicts(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
     `p_better_holm`, and the verdict at α. A row without evidence either way (equal inputs) is "no change"; a row
     with no test (refused, not judged) is in neither family."""
     df = df.copy()
-    for col in ("p_worse", "p_better", "verdict", "refused", "no_evidence", "not_judged"):
+    for col in ("p_worse", "p_better", "verdict", "refused", "no_evidence"):
         if col not in df:
             df[col] = np.nan if col.startswith("p_") else pd.Series(np.nan, index=df.index, dtype=object)
     tested = df["refused"].isna() & df["p_worse"].notna()
     df["p_worse_holm"] = paired.holm(df["p_worse"].where(tested).to_numpy(np.float64))
     df["p_better_holm"] = paired.holm(df["p_better"].where(tested).to_numpy(np.float64))
+    no_evidence = df["no_evidence"].eq(True)  # NaN (a row with no test) is not True
     for i in df.index[tested]:
-        if df.at[i, "no_evidence"] is not np.nan and bool(df.at[i, "no_evidence"]):
+        if no_evidence[i]:
             df.at[i, "verdict"] = NO_CHANGE
         else:
             df.at[i, "verdict"] = "B worse" if df.at[i, "p_worse_holm"] < alpha else "B better" \
@@ -400,7 +401,7 @@ def main(argv: list[str]) -> int:
     df = diff(args.a, args.b, args.alpha, args.reps, args.seed)
     # how the table was made: this code, these libraries, the command's settings (the rows keep their own seed)
     made = results.provenance({"a": args.a, "b": args.b, "alpha": args.alpha, "reps": args.reps}, "cpu", args.seed)
-    df = df.drop(columns=[c for c in ("no_evidence", "not_judged") if c in df])
+    df = df.drop(columns=["no_evidence"])
     df = df.assign(**{k: v for k, v in made.items() if k not in ("device", "seed")}, bootstrap_seed=args.seed)
     cols = [c for c in ("suite", *LABEL_FIELDS, *(f"b_{f}" for f in LABEL_FIELDS), "training", "training_seed",
                         "weights_equal", "unit", "seeds", "images",
