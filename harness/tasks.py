@@ -47,7 +47,7 @@ from .methods import paired, task_metrics
 from .methods.classifier import OUTPUTS, classification_metrics, retrieval_recall, zero_shot_classifier
 from .methods.features import Features, ImageStore, extract
 from .methods.probe import ProbeResult, linear_probe, sklearn_probe
-from .models import Model
+from .models import Model, dtype_of
 
 RECALL_KS = (1, 5, 10)
 
@@ -165,6 +165,13 @@ def input_dtype(model: Model, opts: Options) -> torch.dtype:
     return p.dtype if p is not None else torch.float32
 
 
+def precision(model: Model, opts: Options) -> str:
+    """A row's dtype column: the dtype of the model's parameters, read from them (not the one asked for); under
+    autocast, the autocast dtype beside it."""
+    dtype = dtype_of(model)
+    return dtype if opts.autocast is None else f"{dtype}, autocast {str(opts.autocast).removeprefix('torch.')}"
+
+
 def features(model: Model, data, indices, opts: Options, desc: str | None = None) -> Features:
     """The model's image features of `indices` (all rows: None) of `data`."""
     return extract(model.encode_image, data, model.transform, indices=indices, model_id=model.id,
@@ -276,7 +283,8 @@ def classification_rows(models: list[Model], ds: data_lib.DataSpec, opts: Option
             m["main_metric"] = 100.0 * task_metrics.main_metric(dc.metric, c.outputs["ranked"], c.feats.labels, meta,
                                                                 dc.group[0] if dc.group else None)
         rows.append(predictions.attach(
-            {"model": model.id, **common, "library": model.library, "task": "classification",
+            {"model": model.id, **common, "library": model.library, "dtype": precision(model, opts),
+             "task": "classification",
              **made(model), "classes_hash": classes_hash(names),
              "templates": f"{templates_label(ds)} ({len(temps)})", "images": len(c.feats.labels), **m,
              "skipped_images": len(c.feats.skipped), "seconds": time.perf_counter() - t0},
@@ -322,7 +330,8 @@ def retrieval_rows(models: list[Model], ds: data_lib.DataSpec, opts: Options, co
         rec = retrieval(model, r.data, r.captions, r.caption_image, opts)
         if "datacomp_metric" in common:
             rec["main_metric"] = rec["mean_R@1"]
-        rows.append({"model": model.id, **common, "library": model.library, "task": "retrieval", "templates": "", **rec,
+        rows.append({"model": model.id, **common, "library": model.library, "dtype": precision(model, opts),
+                     "task": "retrieval", "templates": "", **rec,
                      "seconds": time.perf_counter() - t0})
     return rows
 
@@ -342,7 +351,8 @@ def winogavil_rows(models: list[Model], ds: data_lib.DataSpec, opts: Options, co
         for ex in tqdm(wino, desc=f"WinoGAViL {model.id}", leave=False):
             cue = ex["cue"].lower()
             prompt = ("An " if cue[:1] in "aeiou" and cue else "A ") + cue
-            images = torch.stack([model.transform(to_rgb(im)) for im in ex["candidate_images"]])
+            raw = getattr(model.transform, "raw_images", False)  # a processor that composites transparency itself
+            images = torch.stack([model.transform(im if raw else to_rgb(im)) for im in ex["candidate_images"]])
             with torch.no_grad():
                 img = torch.nn.functional.normalize(model.encode_image(images.to(opts.device)).float(), dim=-1)
                 txt = torch.nn.functional.normalize(model.encode_text(model.tokenizer([prompt]).to(opts.device))
@@ -351,7 +361,8 @@ def winogavil_rows(models: list[Model], ds: data_lib.DataSpec, opts: Options, co
             truth = np.isin(ex["candidates"], ex["associations"])
             scores.append(task_metrics.winogavil_instance(similarity, truth))
             sizes.append(len(images))
-        rows.append({"model": model.id, **common, "library": model.library, "task": "winogavil", "templates": "",
+        rows.append({"model": model.id, **common, "library": model.library, "dtype": precision(model, opts),
+                     "task": "winogavil", "templates": "",
                      "images": len(scores),
                      "jaccard_all": 100.0 * float(np.mean(scores)) if scores else float("nan"),
                      "main_metric": 100.0 * task_metrics.jaccard_10_12(scores, sizes),
@@ -411,7 +422,8 @@ def probe_rows(models: list[Model], ds: data_lib.DataSpec, opts: Options, common
                            seed=opts.seed, device=opts.device, val_fraction=val_fraction,
                            sweep_max_images=sweep_max_images, log=phase)
         t2 = time.perf_counter()
-        row = {"model": model.id, **common, "library": model.library, "dataset": train.name,
+        row = {"model": model.id, **common, "library": model.library, "dtype": precision(model, opts),
+               "dataset": train.name,
                **made(model), "classes_hash": classes_hash(train.classnames),
                "train_images": len(ftr.labels), "test_images": len(fte.labels),
                "feature_dim": ftr.features.shape[1] if ftr.features.ndim == 2 else 0,

@@ -129,3 +129,8 @@ class ColourCLIP(nn.Module):
 
 def colour_clip() -> nn.Module:
     return ColourCLIP()
+
+
+def tiny_half() -> TinyEncoder:
+    """TinyEncoder built in float16 (a factory that returns a half-precision module)."""
+    return TinyEncoder().half()

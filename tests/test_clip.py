@@ -118,7 +118,7 @@ def test_clip_loss_properties():
         harness.clip_loss(x, x[:4], 1.0)
 
 
-def test_logit_scale_is_clamped_at_100_and_forward_returns_a_pair():
+def test_logit_scale_is_read_as_it_is_clamped_at_100_by_training_and_forward_returns_a_pair():
     cfg = harness.CLIPConfig(
         embed_dim=32,
         vision=harness.reference.clip_vision_config(image_size=32, patch_size=8, width=64, depth=1, mlp_dim=128,
@@ -128,7 +128,13 @@ def test_logit_scale_is_clamped_at_100_and_forward_returns_a_pair():
     assert abs(model.scale().item() - 1 / 0.07) < 1e-4
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
+    assert abs(model.scale().item() - math.exp(10.0)) < 1e-2  # the forward reads it as it is
+    model.clamp_logit_scale_()  # what a training step ends with
     assert abs(model.scale().item() - 100.0) < 1e-4
+    with torch.no_grad():
+        model.logit_scale.fill_(-1.0)
+    model.clamp_logit_scale_()
+    assert model.scale().item() == 1.0
     tokens = torch.randint(1, 99, (3, 16))
     per_image, per_text = model(torch.randn(2, 3, 32, 32), tokens)
     assert per_image.shape == (2, 3) and torch.equal(per_text, per_image.T)

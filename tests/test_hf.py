@@ -264,12 +264,12 @@ def test_what_the_reference_lacks_is_refused_by_name(saved):
 
 def test_unknown_and_unsupported_model_classes_are_refused_before_any_work(tmp_path):
     tf.BertConfig(**TINY).save_pretrained(tmp_path / "bert")
-    with pytest.raises(ConfigError, match="hf model type 'bert'.*not supported"):
+    with pytest.raises(ConfigError, match="class unknown \\(model type 'bert'\\) is not supported"):
         models.check(f"hf:{tmp_path / 'bert'}")
     tf.Siglip2Config().save_pretrained(tmp_path / "siglip2")
     with pytest.raises(ConfigError, match="'siglip2' is not supported: Siglip2Model's NaFlex"):
         models.check(f"hf:{tmp_path / 'siglip2'}")
-    with pytest.raises(ConfigError, match="no config.json found"):
+    with pytest.raises(ConfigError, match="no transformers config.json found"):
         models.check(f"hf:{tmp_path / 'nothing'}")
     with pytest.raises(ConfigError, match="names a model class"):
         models.check({"model": "hf:CLIPModel", "weights": "pretrained"})

@@ -175,6 +175,7 @@ def train_clip(model: nn.Module, images: torch.Tensor,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        model.clamp_logit_scale_()  # CLIP's clip at 100, as open_clip's training loop applies it
         losses.append(check_finite(loss, step, desc, recipe))
         if step % 10 == 0 or step == recipe.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", scale=f"{model.scale().item():.1f}")

@@ -9,14 +9,22 @@
                                            folder ("hf:/ckpts/my-clip"); "hf:CLIPModel" with kwargs: random weights
     "python:mypkg.models:build"            your own: the nn.Module a factory returns (harness.models.python)
     {"model": "timm:vit_tiny_patch16_224", "id": "vit_ti4", "kwargs": {"img_size": 28},
-     "weights": "random" | "pretrained" | TAG | FILE, "with_reference": true, "data_cfg": {...}}
+     "weights": "random" | "pretrained" | TAG | FILE, "with_reference": true, "data_cfg": {...},
+     "dtype": "float32" | "bfloat16" | "float16" | "float64"}
 
 A dict holds the same string under "model" and what the string cannot say: `kwargs` for the library's create
 function, `weights` ("random": the library's initialisation after torch.manual_seed(seed); "pretrained": timm's
 default tag; an open_clip tag; or a local checkpoint file in the library's format), `with_reference` (a suite
 evaluates the reference model converted from it too), `data_cfg` (timm's preprocessing facts: input_size, crop_pct,
-mean, std, interpolation), `id` (its name in tables and cache keys; by default the string without its library).
-Any other key (a published number, say) is kept in `extra` for the suite.
+mean, std, interpolation), `id` (its name in tables and cache keys; by default the string without its library,
+with -bf16 / -fp16 / -fp64 after it for another dtype), `dtype` (the dtype its parameters are loaded in: float32
+unless it says otherwise, whatever dtype the checkpoint was saved in — a float16 checkpoint is upcast exactly, and
+`run --dtype` sets it for every model of a suite). Every row says the dtype its model's parameters had
+(dtype_of), not the one asked for. Any other key (a published number, say) is kept in `extra` for the suite.
+
+Loads are strict: a checkpoint with a tensor missing, left over or of another shape is refused before any work,
+naming the tensors (transformers' loading report, timm's and open_clip's key sets against the file's, a python:
+state_dict loaded with strict=True).
 
 `resolve(spec)` gives one `Model`: the image encoder and its preprocessing, the text encoder and tokenizer of a
 CLIP-like model, a weights identity for cache keys, and `reference(model)` the reference twin where a converter
@@ -58,6 +66,7 @@ class ModelSpec:
     with_reference: bool = False
     data_cfg: dict | None = None
     extra: dict = field(default_factory=dict)  # the declaration's other keys, for the suite (published numbers)
+    dtype: str = "float32"  # the dtype its parameters are loaded in, whatever the checkpoint's (module docstring)
 
     @property
     def string(self) -> str:
@@ -113,7 +122,9 @@ LIBRARIES = {"timm": "harness.models.timm", "open_clip": "harness.models.open_cl
              "reference": "harness.models.from_scratch", "python": "harness.models.python"}
 NAMED = ("timm", "open_clip", "hf", "data_scale", "zero_shot", "python")  # the prefixes a declaration may name
 IN_MEMORY = ("timm", "open_clip", "hf", "reference")  # the libraries with MODULES, tried in this order
-SPEC_KEYS = ("model", "id", "weights", "kwargs", "with_reference", "data_cfg")
+SPEC_KEYS = ("model", "id", "weights", "kwargs", "with_reference", "data_cfg", "dtype")
+ID_SUFFIX = {"bfloat16": "-bf16", "float16": "-fp16", "float64": "-fp64"}  # a default id's mark of its dtype
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def library(name: str) -> ModuleType:
@@ -141,10 +152,13 @@ def parse(spec: str | dict | ModelSpec, weights: str | None = None) -> ModelSpec
     lib = library(prefix)
     # a library may read a weights tag out of the name (open_clip:ARCH/TAG) and say what its weights default to
     name, default = lib.split(name, weights) if hasattr(lib, "split") else (name, weights or "random")
-    ident = spec.get("id") or (spec["model"].partition(":")[2])
+    dtype = spec.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConfigError(f"model {spec['model']!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    ident = spec.get("id") or (spec["model"].partition(":")[2] + ID_SUFFIX.get(dtype, ""))
     return ModelSpec(prefix, name, ident, spec.get("weights", default), dict(spec.get("kwargs") or {}),
                      bool(spec.get("with_reference", False)), spec.get("data_cfg"),
-                     {k: v for k, v in spec.items() if k not in SPEC_KEYS})
+                     {k: v for k, v in spec.items() if k not in SPEC_KEYS}, dtype)
 
 
 def library_of(spec: ModelSpec) -> ModuleType:
@@ -195,7 +209,15 @@ def resolve(spec: str | dict | ModelSpec, seed: int = 0, device: torch.device | 
     """The Model a declaration names, in eval mode on `device` (suite_config: as for check)."""
     parsed = parse(spec, weights)
     extra = {"suite_config": suite_config} if parsed.library in TRAINED else {}
-    return library_of(parsed).load(parsed, seed=seed, device=device, cache_dir=cache_dir, **extra)
+    model = library_of(parsed).load(parsed, seed=seed, device=device, cache_dir=cache_dir, **extra)
+    model.module.to(DTYPES[parsed.dtype])  # floating tensors only: integer buffers (position ids) stay
+    return model
+
+
+def dtype_of(model: Model) -> str:
+    """The dtype a model runs in, read from its image tower's parameters (what a row's dtype column says)."""
+    p = next((p for p in model.image_tower.parameters() if p.is_floating_point()), None)
+    return str(p.dtype).removeprefix("torch.") if p is not None else "float32"
 
 
 def reference(model: Model) -> Model:

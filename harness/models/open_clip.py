@@ -1,5 +1,15 @@
-"""open_clip models in the registry: "open_clip:ARCH" or "open_clip:ARCH/PRETRAINED" (harness.models). Models
-whose tokenizer needs `transformers` or a hub download (the SigLIP family) are out of scope offline."""
+"""open_clip models in the registry (harness.models):
+
+    open_clip:ARCH                 an architecture open_clip knows, random weights (or a declaration's weights: a tag
+                                   or a checkpoint file)
+    open_clip:ARCH/PRETRAINED      ... with a pretrained tag, from the Hugging Face cache (online: the hub)
+    open_clip:hf-hub:ORG/REPO      a hub repo in open_clip's layout (open_clip_config.json and its weights,
+                                   open_clip_model.safetensors or open_clip_pytorch_model.bin), as open_clip names it
+
+open_clip's own hf-hub loader builds the model with random weights, logging a warning, when the weights file cannot
+be found; here a repo without one in the cache (offline) is refused before any work. Loads are open_clip's strict
+ones (load_checkpoint, strict=True). A tokenizer from Hugging Face (the SigLIP family's) needs its files in the cache
+too."""
 
 from __future__ import annotations
 
@@ -15,8 +25,15 @@ from .weights import check_file
 MODULES = ("open_clip.",)  # open_clip's nn.Modules, wrapped in memory
 
 
+HUB = "hf-hub:"
+HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # what open_clip looks for, in order
+
+
 def split(name: str, weights: str | None) -> tuple[str, str]:
-    """open_clip:ARCH/PRETRAINED names its weights tag; open_clip:ARCH random weights (or the suite's default)."""
+    """open_clip:ARCH/PRETRAINED names its weights tag; open_clip:hf-hub:ORG/REPO its repo's weights
+    ("pretrained"); open_clip:ARCH random weights (or the suite's default)."""
+    if name.startswith(HUB):
+        return name, "pretrained"
     if "/" in name:
         name, _, tag = name.partition("/")
         return name, tag
@@ -30,6 +47,9 @@ def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch
 
     torch.manual_seed(seed)
     kwargs = merged_kwargs(name, kwargs)
+    if name.startswith(HUB):
+        inputs.fingerprint(hub_weights(name))  # refused when absent: open_clip would go on with random weights
+        return open_clip.create_model(name, **kwargs).eval()
     if weights == "random":
         return open_clip.create_model(name, pretrained=None, **kwargs).eval()
     if Path(weights).exists():
@@ -63,9 +83,40 @@ def transform(model: torch.nn.Module):
     return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
 
 
+def hub_weights(name: str) -> str:
+    """The weights file of an hf-hub repo in open_clip's layout, from the cache (the hub when online), after its
+    open_clip_config.json; ConfigError naming what is missing."""
+    from huggingface_hub import hf_hub_download
+
+    repo = name.removeprefix(HUB)
+    if "@" in repo:
+        raise ConfigError(f"open_clip model {name!r}: open_clip's hf-hub names take no revision (it loads the repo's "
+                          "main); for a pinned revision, name the weights file of that snapshot as the weights of "
+                          "open_clip:ARCH")
+    fix = "fill the cache once online (HF_HUB_OFFLINE=0), or copy ~/.cache/huggingface"
+    try:
+        hf_hub_download(repo, "open_clip_config.json")
+    except Exception as e:
+        raise ConfigError(f"open_clip model {name!r}: open_clip_config.json of {repo} is not in the Hugging Face "
+                          f"cache ({type(e).__name__}); {fix}") from None
+    for filename in HUB_WEIGHTS:
+        try:
+            return hf_hub_download(repo, filename)
+        except Exception:
+            continue
+    raise ConfigError(f"open_clip model {name!r}: neither {' nor '.join(HUB_WEIGHTS)} of {repo} is in the Hugging "
+                      f"Face cache (open_clip would build the model with random weights); {fix}")
+
+
 def check(spec: ModelSpec) -> None:
     import open_clip
 
+    if spec.name.startswith(HUB):
+        if spec.weights != "pretrained":
+            raise ConfigError(f"open_clip model {spec.name!r} carries its repo's weights: weights {spec.weights!r} "
+                              "would be ignored (for a file, name open_clip:ARCH with the file as its weights)")
+        hub_weights(spec.name)
+        return
     if spec.name not in open_clip.list_models():
         raise ConfigError(f"open_clip has no model {spec.name!r}{closest(spec.name, open_clip.list_models())}; "
                           "open_clip.list_models() lists them")

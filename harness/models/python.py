@@ -73,7 +73,11 @@ def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cac
                           "nn.Module")
     if spec.weights != "random":
         inputs.fingerprint(spec.weights)  # what a finished unit read (harness.infra.inputs)
-        module.load_state_dict(torch.load(spec.weights, map_location="cpu", weights_only=True), strict=True)
+        try:
+            module.load_state_dict(torch.load(spec.weights, map_location="cpu", weights_only=True), strict=True)
+        except RuntimeError as e:  # torch names the missing, unexpected and mis-shaped tensors
+            raise ConfigError(f"weights {spec.weights} do not load exactly into python model {spec.name!r}: "
+                              + " ".join(str(e).split())[:600]) from None
     return wrap(module.to(device).eval(), spec)
 
 

@@ -35,6 +35,7 @@ def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch
     if not path.is_file():
         raise FileNotFoundError(f"weights {weights!r} are neither 'random', 'pretrained' nor an existing file")
     inputs.fingerprint(path)  # what a finished unit read (harness.infra.inputs)
+    check_weights_file(name, str(path), {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"})
     # the file joins any preprocessing overlay the declaration gives (data_cfg)
     overlay = {**kwargs.pop("pretrained_cfg_overlay", {}), "file": str(path)}
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
@@ -75,9 +76,21 @@ def check(spec: ModelSpec) -> None:
     if not Path(spec.weights).is_file():
         raise ConfigError(f"weights {spec.weights!r} for timm model {spec.name!r} are neither 'random', 'pretrained' "
                           "nor an existing file")
+    check_weights_file(spec.name, spec.weights, spec.kwargs)
+
+
+def check_weights_file(name: str, weights: str, kwargs: dict) -> None:
+    """A timm-format file holds exactly the model's tensors: timm loads it strictly, except where the declaration
+    asks for another classifier (num_classes), when timm drops the file's head and loads the rest without checking
+    (timm.models._builder.load_pretrained): here every tensor but the head's must be there."""
+    import timm
+
     with torch.device("meta"):
-        model = timm.create_model(spec.name, pretrained=False, **spec.kwargs)
-    check_file(spec.weights, f"timm model {spec.name!r}", model)
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    head = tuple(f"{h}." for h in heads) if "num_classes" in kwargs else ()
+    check_file(weights, f"timm model {name!r}", model, strict=True, head=head)
 
 
 def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cache_dir=None) -> Model:

@@ -6,7 +6,10 @@ Two towers map images and texts into one D_e-dimensional space:
   text:  token embedding + learned position embedding, causal pre-norm blocks, a final LayerNorm, the
          output at the end-of-text token (the highest token id, as in CLIP's BPE vocabulary) projected.
 Training contrasts the N² pairs of a batch: logits = exp(s)·cos(image_i, text_j), with s = log(1/τ)
-learned and clamped so the scale never exceeds 100 (CLIP section 2.5). SigLIP's pairwise sigmoid loss, which
+learned and clipped so the scale never exceeds 100 (CLIP section 2.5): the parameter is clamped to [0, ln 100] after
+each optimizer step (clamp_logit_scale_), as open_clip's training loop does (open_clip_train/train.py: "we clamp to
+4.6052 = ln(100), as in the original paper"); the forward pass reads exp(s) as it is, as OpenAI's, open_clip's and
+transformers' CLIP forwards do, so a checkpoint whose s exceeds ln 100 scores its pairs as they do. SigLIP's pairwise sigmoid loss, which
 scores each pair on its own with a learned temperature and bias, is beside it (siglip_loss).
 
 Only torch is imported. Names follow open_clip where they can (token_embedding, positional_embedding,
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 
 from .vit import Block, ViT, ViTConfig
 
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the temperature so that logits are scaled by at most 100
+MAX_LOGIT_SCALE = math.log(100.0)  # training clamps s here, so that logits are scaled by at most 100
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,13 @@ class CLIP(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def scale(self) -> torch.Tensor:
-        """exp(s) = 1/τ, clamped at 100."""
-        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        """exp(s) = 1/τ, as the parameter holds it."""
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """s clamped to [0, ln 100] in place: a training step's last act, so the scale never exceeds 100."""
+        self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits_per_image (B_i, B_t), logits_per_text (B_t, B_i)): scaled cosine similarities."""

@@ -20,6 +20,7 @@ code a suite does not use leaves its cache valid.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import importlib
 import importlib.util
@@ -176,7 +177,7 @@ def prepare(name: str, profile: str, ctx: Context, assignments: dict | None = No
     if ctx.suite_config is None:  # the models a suite trains are built from that suite's default config
         ctx.suite_config = functools.partial(suites.default_config, suites_dir=suites_dir)
     if ctx.dtypes:
-        config = {**config, "dtypes": ctx.dtypes}
+        config = with_dtypes(suite, config, ctx.dtypes)
     config = apply_overrides(config, overrides_for(suite.NAME, config, assignments or {}), suite.NAME)
     config = sweeps.expand(config)  # a model entry naming several checkpoints: one entry per checkpoint
     # an evaluator under harness.evals by its short name, or any importable module by its dotted path
@@ -185,6 +186,29 @@ def prepare(name: str, profile: str, ctx: Context, assignments: dict | None = No
     if hasattr(evaluator, "validate"):
         evaluator.validate(config, ctx)
     return Prepared(suite, profile, config, evaluator)
+
+
+def with_dtypes(suite: ModuleType, config: dict, dtypes: list[str]) -> dict:
+    """--dtype: the dtypes a suite with a "dtypes" list runs (agreement); for a suite that names models, the dtype
+    every model it names is loaded in (one; a declaration's own dtype stays); ConfigError for another suite."""
+    if "dtypes" in config:
+        return {**config, "dtypes": dtypes}
+    keys = getattr(suite, "MODEL_KEYS", [])
+    if not keys:
+        raise ConfigError(f"suite {suite.NAME} names no models and no dtypes: --dtype does not apply to it")
+    if len(set(dtypes)) > 1:
+        raise ConfigError(f"suite {suite.NAME}: --dtype names one dtype for its models (given {', '.join(dtypes)}); "
+                          "a model declared twice with its own \"dtype\" runs in both")
+    config = copy.deepcopy(config)
+    for key in keys:
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part, {})
+        if isinstance(node.get(last), list):
+            node[last] = [m if isinstance(m, dict) and "dtype" in m else
+                          {**(m if isinstance(m, dict) else {"model": m}), "dtype": dtypes[0]} for m in node[last]]
+    return config
 
 
 def run_suite(name: str, profile: str, ctx: Context, out_dir: Path, suites_dir: Path = SUITES_DIR,

@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                           "full: ImageNet and pretrained weights, GPU-sized")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (GPU when present)")
     run.add_argument("--dtype", action="append", dest="dtypes", metavar="DTYPE",
-                     help="run only these dtypes (repeatable: --dtype float32 --dtype bfloat16)")
+                     help="agreement: run only these dtypes (repeatable: --dtype float32 --dtype bfloat16); a suite "
+                          "naming models (zero_shot, linear_probe): load them in this dtype (default float32)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", type=Path, default=runner.results.REPO_ROOT / "results", help="folder for the tables")
     run.add_argument("--cache-dir", type=Path, default=runner.DEFAULT_CACHE)
