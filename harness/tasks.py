@@ -174,7 +174,8 @@ def precision(model: Model, opts: Options) -> str:
 
 def features(model: Model, data, indices, opts: Options, desc: str | None = None) -> Features:
     """The model's image features of `indices` (all rows: None) of `data`."""
-    return extract(model.encode_image, data, model.transform, indices=indices, model_id=model.id,
+    model_id = model.id if not model.variant else f"{model.id} ({model.variant})"
+    return extract(model.encode_image, data, model.transform, indices=indices, model_id=model_id,
                    weights=model.weights if opts.cache_dir is not None else "", device=opts.device,
                    input_dtype=input_dtype(model, opts), batch_size=opts.batch_size, cache_dir=opts.cache_dir,
                    store=opts.images, desc=desc or model.id, workers=opts.workers, autocast=opts.autocast,

@@ -147,23 +147,30 @@ def test_a_classification_checkpoint_loads_its_backbone_and_leaves_out_only_the_
         models.resolve(f"hf:{tmp_path / 'vitc'}")
 
 
-def test_timm_and_python_files_missing_a_tensor_are_refused_before_any_work(tmp_path):
+def test_timm_and_python_files_missing_a_tensor_are_refused_whatever_num_classes_asks(tmp_path):
     """timm loads a file without checking when the declaration asks for another classifier (num_classes: it drops
-    the head and loads the rest with strict=False); torch's strict load names what a python: state_dict lacks."""
+    the head and loads the rest with strict=False); the registry builds the file's own head, loads strictly and
+    then replaces it. torch's strict load names what a python: state_dict lacks."""
     import timm
 
-    kwargs = {"img_size": 32, "depth": 2, "num_classes": 0}
-    state = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2).state_dict()
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2).eval()
+    whole = source.state_dict()
+    save_file(whole, tmp_path / "whole.safetensors")
+    state = dict(whole)
     del state["blocks.1.mlp.fc2.weight"]
     save_file(state, tmp_path / "vit.safetensors")
-    spec = {"model": "timm:vit_tiny_patch16_224", "kwargs": kwargs, "weights": str(tmp_path / "vit.safetensors")}
-    with pytest.raises(ConfigError, match=r"lacks blocks\.1\.mlp\.fc2\.weight"):
-        models.check(spec)
-    with pytest.raises(ConfigError, match=r"lacks blocks\.1\.mlp\.fc2\.weight"):
-        models.resolve(spec)
-    whole = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2).state_dict()
-    save_file(whole, tmp_path / "whole.safetensors")
-    models.resolve({**spec, "weights": str(tmp_path / "whole.safetensors")})  # its head left out, as asked
+    x = torch.rand(2, 3, 32, 32)
+    for num_classes in (0, 10, 1000):
+        spec = {"model": "timm:vit_tiny_patch16_224", "kwargs": {"img_size": 32, "depth": 2,
+                                                                "num_classes": num_classes}}
+        models.check({**spec, "weights": str(tmp_path / "whole.safetensors")})
+        model = models.resolve({**spec, "weights": str(tmp_path / "whole.safetensors")})
+        assert model.module.num_classes == num_classes
+        with torch.no_grad():  # every tensor but the head's is the file's
+            assert torch.equal(model.encode_image(x), source.forward_head(source.forward_features(x), pre_logits=True))
+        with pytest.raises(ConfigError, match=r"do not load exactly.*blocks\.1\.mlp\.fc2\.weight"):
+            models.resolve({**spec, "weights": str(tmp_path / "vit.safetensors")})
     module = models.resolve("python:tests.models:tiny").module
     state = module.state_dict()
     state.pop(next(iter(state)))
@@ -214,6 +221,17 @@ def test_dinov2_and_distilled_deit_offer_the_features_their_own_heads_read(tmp_p
         torch.testing.assert_close(mine, deit(pixel_values=x).logits, rtol=0, atol=1e-6)
     with pytest.raises(ConfigError, match="features 'cls' is not one of pooler, cls\\+mean_patch"):
         models.check({"model": f"hf:{tmp_path / 'dino'}", "features": "cls"})
+    # the choice is in the default id and in the feature-cache key: a cache filled by one is not read by the other
+    data = _data(tmp_path)
+    cache = tmp_path / "cache"
+    default = harness.tasks.Options("cpu", 8, 0, None, 0, cache)
+    for decl, dim in (({"model": f"hf:{tmp_path / 'dino'}", "id": "dino"}, 32),  # one id given to both
+                      ({"model": f"hf:{tmp_path / 'dino'}", "id": "dino", "features": "cls+mean_patch"}, 64)):
+        model = models.resolve(decl)
+        spec = harness.data.parse({**data, "name": data["name"]})
+        feats = harness.tasks.features(model, harness.data.load(spec, "train"), None, default)
+        assert feats.features.shape[1] == dim, decl
+    assert models.parse({"model": "hf:x/y", "features": "cls+mean_patch"}).id == "x/y[cls+mean_patch]"
 
 
 def test_a_checkpoints_kwargs_and_data_cfg_are_refused_not_ignored(saved):  # noqa: F811
@@ -350,6 +368,8 @@ def test_open_clip_hub_names_load_from_the_cache_and_a_repo_without_weights_is_r
         models.check("open_clip:hf-hub:org/no-weights")
     with pytest.raises(ConfigError, match="an open_clip checkpoint .* open_clip:hf-hub:org/tiny-clip"):
         models.check("hf:org/tiny-clip")
+    with pytest.raises(ConfigError, match="open_clip loads no revision"):
+        models.check({"model": "open_clip:hf-hub:org/tiny-clip", "revision": "v1"})
 
 
 def test_timm_hub_names_load_from_the_cache_and_hf_names_the_timm_registry(hub):
@@ -363,10 +383,17 @@ def test_timm_hub_names_load_from_the_cache_and_hf_names_the_timm_registry(hub):
                               "num_classes": 3, "classifier": "head"}}
     _snapshot(hub, "org/tiny-vit", "3" * 40, {"config.json": lambda p: p.write_text(json.dumps(cfg)),
                                               "model.safetensors": lambda p: save_file(built.state_dict(), p)})
-    model = models.resolve({"model": "timm:hf-hub:org/tiny-vit", "weights": "pretrained"})
+    models.check("timm:hf-hub:org/tiny-vit")  # what the suites call first
+    model = models.resolve("timm:hf-hub:org/tiny-vit")  # its repo's weights, not random ones
+    assert model.spec.weights == "pretrained"
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model.encode_image(x), built.forward_head(built.forward_features(x), pre_logits=True))
+    for bad, why in ((("revision", "v1"),), "name a revision in the name"), ((("weights", "random"),), "carries"):
+        with pytest.raises(ConfigError, match=why):
+            models.check({"model": "timm:hf-hub:org/tiny-vit", **dict(bad)})
+    with pytest.raises(ConfigError, match="not in the Hugging Face cache at revision 'v9'"):
+        models.check("timm:hf-hub:org/tiny-vit@v9")
     with pytest.raises(ConfigError, match="a timm checkpoint .* timm:hf-hub:org/tiny-vit"):
         models.check("hf:org/tiny-vit")
 
@@ -391,6 +418,10 @@ def test_an_hf_revision_is_pinned_and_remote_code_is_refused(hub, saved):  # noq
                            snapshots[1](pixel_values=x).last_hidden_state[:, 0])
     with pytest.raises(ConfigError, match="revision 'c+'"):
         models.check("hf:org/vit@" + "c" * 40)
+    # the declared revision is part of the default id (two revisions stay two rows), and a folder has none
+    assert models.parse({"model": "hf:org/vit", "revision": "a" * 40}).id == "org/vit@" + "a" * 40
+    with pytest.raises(ConfigError, match="a local folder, which has no revisions"):
+        models.check({"model": f"hf:{saved['vit']}", "revision": "a" * 40})
     remote = dict(json.loads((saved["vit"] / "config.json").read_text()), auto_map={"AutoModel": "mine.MyModel"})
     _snapshot(hub, "org/remote", "d" * 40, {"config.json": lambda p: p.write_text(json.dumps(remote))})
     with pytest.raises(ConfigError, match="needs trust_remote_code"):

@@ -92,6 +92,9 @@ class Model:
     # (a tag, a file, a seeded initialisation). The regression gate judges trained rows by seed (harness.tools.diff)
     training: str | None = None
     training_seed: int | None = None
+    # what else changes its features besides its id and weights (an hf: backbone's declared "features"): part of
+    # the feature-cache key
+    variant: str = ""
 
     def __post_init__(self):
         self.image_tower = self.module if self.image_tower is None else self.image_tower
@@ -155,7 +158,10 @@ def parse(spec: str | dict | ModelSpec, weights: str | None = None) -> ModelSpec
     dtype = spec.get("dtype", "float32")
     if dtype not in DTYPES:
         raise ConfigError(f"model {spec['model']!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    ident = spec.get("id") or (spec["model"].partition(":")[2] + ID_SUFFIX.get(dtype, ""))
+    # a default id says what else a declaration chose (two declarations of one checkpoint stay two rows)
+    chosen = "".join(f"@{spec['revision']}" if k == "revision" else f"[{spec[k]}]"
+                     for k in ("revision", "features") if k in spec)
+    ident = spec.get("id") or (spec["model"].partition(":")[2] + chosen + ID_SUFFIX.get(dtype, ""))
     return ModelSpec(prefix, name, ident, spec.get("weights", default), dict(spec.get("kwargs") or {}),
                      bool(spec.get("with_reference", False)), spec.get("data_cfg"),
                      {k: v for k, v in spec.items() if k not in SPEC_KEYS}, dtype)

@@ -127,13 +127,18 @@ def is_class_name(name: str) -> bool:
 def source(spec: ModelSpec) -> tuple[str, str | None]:
     """(a folder or a hub id, the revision): "ID@REVISION" or the declaration's "revision" pins one."""
     given = spec.extra.get("revision")
-    if Path(spec.name).is_dir():
-        return spec.name, given
     repo, sep, revision = spec.name.partition("@")
+    if Path(spec.name).is_dir():
+        repo, sep, revision = spec.name, "", ""
     if sep and given is not None and given != revision:
         raise ConfigError(f"hf model {spec.name!r} names revision {revision!r} and its declaration {given!r}: "
                           "name one")
-    return repo, (revision or given)
+    revision = revision or given
+    if revision and Path(repo).is_dir():  # transformers would load the folder as it is
+        raise ConfigError(f"hf model {spec.name!r}: {repo} is a local folder, which has no revisions (a hub id "
+                          "with a revision is read from the Hugging Face cache; run from another folder, or name "
+                          "the snapshot's folder)")
+    return repo, revision
 
 
 def _repo_json(spec: ModelSpec, filename: str) -> dict | None:
@@ -152,6 +157,13 @@ def _repo_json(spec: ModelSpec, filename: str) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _snapshot(repo: str, revision: str | None) -> str:
+    """The folder of the snapshot a hub id (at a revision) resolves to in the cache: what its files are read from."""
+    from huggingface_hub import hf_hub_download
+
+    return str(Path(hf_hub_download(repo, "config.json", revision=revision)).parent)
 
 
 def _diagnosed(spec: ModelSpec) -> None:
@@ -280,8 +292,8 @@ def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cac
         module = cls._from_config(cfg, dtype=dtype, **extra)
     else:
         repo, revision = source(spec)
-        if Path(repo).is_dir():
-            inputs.fingerprint(repo)  # what a finished unit read (harness.infra.inputs)
+        # what a finished unit read (harness.infra.inputs): the folder, or the snapshot the cache resolves to
+        inputs.fingerprint(repo if Path(repo).is_dir() else _snapshot(repo, revision))
         verbosity = tf.utils.logging.get_verbosity()
         tf.utils.logging.set_verbosity_error()  # its load report goes to strict(), which refuses or says nothing
         try:
@@ -313,7 +325,9 @@ def wrap(module: torch.nn.Module, spec: ModelSpec, tokenizer=None) -> Model:
     """A transformers model in memory (or this module's TwoTowers / Backbone around one), read by its own class (a
     classification model by its backbone): its processor and tokenizer from the checkpoint it was loaded from
     (config.name_or_path: a folder, or a hub id in the cache), or for a model built from a config alone the
-    processor transformers pairs with its type. Its features are the class's default ones."""
+    processor transformers pairs with its type. Its features are the class's default ones. A model loaded at a
+    revision does not say which (transformers 5 keeps no commit in its config): its processor and tokenizer are read
+    at the cache's main — name it to the registry (hf:ID@REVISION), or pass transform= and tokenizer=."""
     if isinstance(module, (TwoTowers, Backbone)):
         module = module.hf
     cfg = module.config
@@ -351,7 +365,8 @@ def _model(module: torch.nn.Module, spec: ModelSpec, cfg, tokenizer=None, arch: 
                      input_size=input_size, encode_text=towers.encode_text if tokenizer else None,
                      tokenizer=tokenizer)
     backbone = Backbone(module, features)
-    return Model(spec, "hf", backbone, backbone, transform, input_size=input_size)
+    variant = "" if features == arch.features[0] else f"features={features}"  # part of feature-cache keys
+    return Model(spec, "hf", backbone, backbone, transform, input_size=input_size, variant=variant)
 
 
 def _image_size(cfg) -> int:

@@ -111,6 +111,9 @@ def hub_weights(name: str) -> str:
 def check(spec: ModelSpec) -> None:
     import open_clip
 
+    if "revision" in spec.extra:
+        raise ConfigError(f"open_clip model {spec.name!r}: open_clip loads no revision (a \"revision\" key would be "
+                          "ignored); name the weights file of that snapshot as the weights of open_clip:ARCH")
     if spec.name.startswith(HUB):
         if spec.weights != "pretrained":
             raise ConfigError(f"open_clip model {spec.name!r} carries its repo's weights: weights {spec.weights!r} "

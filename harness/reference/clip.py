@@ -9,8 +9,9 @@ Training contrasts the N² pairs of a batch: logits = exp(s)·cos(image_i, text_
 learned and clipped so the scale never exceeds 100 (CLIP section 2.5): the parameter is clamped to [0, ln 100] after
 each optimizer step (clamp_logit_scale_), as open_clip's training loop does (open_clip_train/train.py: "we clamp to
 4.6052 = ln(100), as in the original paper"); the forward pass reads exp(s) as it is, as OpenAI's, open_clip's and
-transformers' CLIP forwards do, so a checkpoint whose s exceeds ln 100 scores its pairs as they do. SigLIP's pairwise sigmoid loss, which
-scores each pair on its own with a learned temperature and bias, is beside it (siglip_loss).
+transformers' CLIP forwards do, so a checkpoint whose s exceeds ln 100 scores its pairs as they do. SigLIP's
+pairwise sigmoid loss, which scores each pair on its own with a learned temperature and bias, is beside it
+(siglip_loss).
 
 Only torch is imported. Names follow open_clip where they can (token_embedding, positional_embedding,
 ln_final, text_projection, logit_scale) and the reference ViT's inside the image tower.
