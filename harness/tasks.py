@@ -430,7 +430,8 @@ def probe_rows(models: list[Model], ds: data_lib.DataSpec, opts: Options, common
                "feature_dim": ftr.features.shape[1] if ftr.features.ndim == 2 else 0,
                "top1": res.top1, "top1_ci_low": res.top1_ci[0], "top1_ci_high": res.top1_ci[1], "top5": res.top5,
                "mean_per_class_recall": res.mean_per_class_recall, "strength": res.strength,
-               "iterations": res.iterations, "skipped_images": len(ftr.skipped) + len(fte.skipped),
+               "iterations": res.iterations, "converged": res.converged, "final_gradient": res.gradient,
+               "gradient_bound": res.gradient_bound, "skipped_images": len(ftr.skipped) + len(fte.skipped),
                "feature_chunks_reused": ftr.from_cache + fte.from_cache,
                "feature_chunks_computed": ftr.computed + fte.computed,
                "extract_seconds": t1 - t0, "probe_seconds": t2 - t1}

@@ -20,9 +20,12 @@ from harness.tools import bench_peers
 
 @pytest.mark.slow
 def test_the_probe_rows_come_from_both_tools():
-    rows = {r["implementation"]: r for r in bench_peers.probe(torch.device("cpu"), per_class=20, rounds=1)}
-    assert set(rows) == {"clip_benchmark", "harness"}
-    peer, ours = rows["clip_benchmark"], rows["harness"]
+    table = bench_peers.probe(torch.device("cpu"), per_class=20, rounds=1)
+    assert {(r["model"], r["implementation"]) for r in table} == {
+        (m, i) for m in ("pixels (L2-normalised)", "synthetic 512-d, 100 classes (L2-normalised)")
+        for i in ("clip_benchmark", "harness")}
+    rows = {(r["model"].split()[0], r["implementation"]): r for r in table}
+    peer, ours = rows["pixels", "clip_benchmark"], rows["pixels", "harness"]
     assert peer["train_images"] == ours["train_images"] == 200 and peer["images"] == ours["images"] == 200
     # clip_benchmark 1.6.2's grid is np.logspace(-6, 2, 97); the row prints its choice to 3 significant digits
     chosen = float(peer["regularisation"].removeprefix("weight decay "))
@@ -31,6 +34,10 @@ def test_the_probe_rows_come_from_both_tools():
     # 10 classes, chance 10%: Fashion-MNIST pixels give ~70% with 200 training images to either probe
     assert peer["top1"] > 40 and ours["top1"] > 40, (peer["top1"], ours["top1"])
     assert peer["seconds"] > 0 and ours["speed_vs_clip_benchmark"] > 0
+    # the synthetic set at its quick size: 100 classes × 20 training images; chance 1%
+    peer, ours = rows["synthetic", "clip_benchmark"], rows["synthetic", "harness"]
+    assert peer["classes"] == ours["classes"] == 100 and ours["train_images"] == 2000
+    assert peer["top1"] > 10 and ours["top1"] > 10, (peer["top1"], ours["top1"])
 
 
 def test_the_cpu_shim_is_undone():

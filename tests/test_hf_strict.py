@@ -260,7 +260,7 @@ def _odd_folder(root):
     rng = np.random.default_rng(3)
     files = []
     for split in ("train", "val"):
-        for c, name in enumerate(["one", "two"]):
+        for name in ("one", "two"):
             folder = root / split / name
             folder.mkdir(parents=True)
             for i, (h, w) in enumerate([(37, 53), (64, 31), (19, 23), (45, 20), (41, 60), (33, 33)]):

@@ -78,7 +78,8 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
         df["diff_vs_published"] = df["top1"] - df["published_top1"]
     df = pd.concat([df, dataset_means(df.assign(task="classification"))], ignore_index=True)
     cols = ["model", "library", "weights", "dataset", "train_images", "test_images", "top1", "top1_ci_low",
-            "top1_ci_high", "top5", "mean_per_class_recall", "strength", "sklearn_top1", "sklearn_diff",
+            "top1_ci_high", "top5", "mean_per_class_recall", "strength", "iterations", "converged", "sklearn_top1",
+            "sklearn_diff",
             "prediction_agreement", "predictions_differ", "mcnemar_p", "feature_max_rel_diff",
             "flips_beyond_round_off", "passed", "published_top1",
             "diff_vs_published", "published_source", "skipped_images", "extract_seconds", "probe_seconds"]
@@ -89,8 +90,10 @@ def tables(rows: list[dict], config: dict) -> list[Table]:
              "features with the same λ. `prediction_agreement`: fraction of test images on which the reference "
              "model and the library model it was converted from predict the same class; it is 1 when the two "
              "feature sets (equal to round-off: `feature_max_rel_diff`, the largest difference over the largest "
-             "feature) lead the probe to the same strength and the same optimum (the final fit converges in "
-             "float64 from zero), and an image could differ only where it lies on a decision boundary to within that "
+             "feature) lead the probe to the same strength and the same optimum (the final fit, started from the "
+             "sweep's solution, stops in float64 when ‖∇f‖₂ ≤ 1e-7·max(1, f): `converged` says whether it did, "
+             "`iterations` after how many L-BFGS iterations, float32 and float64 together), and an image could "
+             "differ only where it lies on a decision boundary to within that "
              "round-off — on another CPU or thread count too; `predictions_differ` counts those images and "
              "`mcnemar_p` is McNemar's exact test on the two models' correctness (1 when none differ). `passed` (the "
              "verdict: `run` exits 1 when it is False): feature_max_rel_diff within float32's tolerance, 1e-5, and "

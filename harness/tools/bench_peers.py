@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -239,31 +240,47 @@ def _cuda_on_cpu():
         torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.to = saved
 
 
-def _pixel_features(per_class: int) -> tuple[torch.Tensor, ...]:
-    """(train x, train y, test x, test y): class-balanced Fashion-MNIST pixels, each row L2-normalised."""
+def _feature_sets(per_class: int) -> list[tuple[str, tuple[torch.Tensor, ...]]]:
+    """The probe's two feature sets, each row L2-normalised as CLIP_benchmark's Featurizer normalises an embedding:
+    class-balanced Fashion-MNIST pixels (784 values, 10 classes), and bench.probe_feature_sets' synthetic 512-d
+    embedding of 100 classes (per_class < 500: its quick size)."""
     from .. import data
     from ..data.images import balanced_subset, grayscale_tensors
+    from .bench import probe_feature_sets
 
-    out = []
+    pixels = []
     for split in ("train", "test"):
         images = data.load("fashion_mnist", split)
         x, y = grayscale_tensors(images, balanced_subset(images.labels, per_class, seed=0))
-        out += [torch.nn.functional.normalize(x.flatten(1), dim=-1), y]
-    return tuple(out)
+        pixels += [torch.nn.functional.normalize(x.flatten(1), dim=-1), y]
+    name, xtr, ytr, xte, yte = probe_feature_sets(quick=per_class < 500)[1]
+    synthetic = [torch.nn.functional.normalize(torch.as_tensor(xtr, dtype=torch.float32), dim=-1),
+                 torch.as_tensor(ytr), torch.nn.functional.normalize(torch.as_tensor(xte, dtype=torch.float32),
+                                                                     dim=-1), torch.as_tensor(yte)]
+    return [("pixels (L2-normalised)", tuple(pixels)), (f"{name} (L2-normalised)", tuple(synthetic))]
 
 
 def _probe_child(device: torch.device, per_class: int, rounds: int) -> list[dict]:
-    """Both probes on the same features, in interleaved rounds after an untimed warm-up of each."""
+    """Both probes on the same features, in interleaved rounds after an untimed warm-up of each, on each feature
+    set."""
     from clip_benchmark.metrics import linear_probe as cb
 
     from ..methods.probe import linear_probe, validation_split
 
     if not Path(cb.__file__).resolve().is_relative_to(probe_peer_path().resolve()):
         raise RuntimeError(f"the probe's peer should be {PROBE_PEER} from {probe_peer_path()}, not {cb.__file__}")
-    xtr, ytr, xte, yte = _pixel_features(per_class)
-    val, fit = validation_split(len(xtr))  # linear_probe's own split, given to CLIP_benchmark as its val split
-    shim = _cuda_on_cpu if device.type == "cpu" else contextlib.nullcontext
+    table = []
+    for set_name, features in _feature_sets(per_class):
+        table += _probe_one(cb, linear_probe, validation_split, device, set_name, features, rounds)
+    return table
 
+
+def _probe_one(cb, linear_probe, validation_split, device, set_name: str, features, rounds: int) -> list[dict]:
+    """_probe_child's rows for one feature set."""
+    shim = _cuda_on_cpu if device.type == "cpu" else contextlib.nullcontext
+    xtr, ytr, xte, yte = features
+    classes = int(max(ytr.max(), yte.max()) + 1)
+    val, fit = validation_split(len(xtr))  # linear_probe's own split, given to CLIP_benchmark as its val split
     with tempfile.TemporaryDirectory() as root:
         def write(model_id: str, n: int) -> None:  # the files CLIP_benchmark's featurisation leaves
             folder = Path(root) / model_id
@@ -274,23 +291,26 @@ def _probe_child(device: torch.device, per_class: int, rounds: int) -> list[dict
                 torch.save(y.clone(), folder / f"targets_{split}.pt")
 
         write("warm-up", 100)
-        write("pixels", len(fit))
+        write("features", len(fit))
 
-        def peer(model_id: str = "pixels", epochs: int = 10):
+        def peer(model_id: str = "features", epochs: int = 10):
             torch.manual_seed(0)  # its evaluate draws a permutation from the global generator
             # evaluate(model, train_dataloader, dataloader, fewshot_k, batch_size, num_workers, lr, epochs,
-            # model_id, seed, feature_root, device, val_dataloader, normalize, amp): the loaders are read only to
-            # featurise, which the files make it skip; val_dataloader not None turns the weight-decay sweep on
+            # model_id, seed, feature_root, device, val_dataloader, normalize, amp): the loaders are read only
+            # to featurise, which the files make it skip; val_dataloader not None turns the weight-decay sweep
+            # on; amp as its command line's default on a GPU (--amp, on), off on a CPU
             with shim(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 return cb.evaluate(torch.nn.Identity(), None, None, -1, 64, 0, 0.1, epochs, model_id, 0, root,
-                                   "cuda", val_dataloader=[], normalize=True, amp=False)
+                                   "cuda", val_dataloader=[], normalize=True, amp=device.type == "cuda")
 
         def ours(n: int = len(xtr), **kwargs):
             return linear_probe(xtr[:n].double().numpy(), ytr[:n].numpy(), xte.double().numpy(), yte.numpy(),
-                                num_classes=10, device=device, **kwargs)
+                                num_classes=classes, device=device, **kwargs)
 
         peer("warm-up", 1)
-        ours(110, max_iter=5, sweep_max_iter=5)
+        with warnings.catch_warnings():  # 5 iterations: not converged, on purpose
+            warnings.simplefilter("ignore")
+            ours(110, max_iter=5, sweep_max_iter=5)
         times: dict[str, list[float]] = {"clip_benchmark": [], "harness": []}
         for _ in range(rounds):
             t0 = time.perf_counter()
@@ -303,10 +323,11 @@ def _probe_child(device: torch.device, per_class: int, rounds: int) -> list[dict
                                   "mean_per_class_recall": 100 * theirs["lp_mean_per_class_recall"],
                                   "regularisation": f"weight decay {theirs['weight_decay']:.3g}",
                                   "work": "AdamW, weight-decay sweep (19 trainings) + final training"},
-               "harness": {"top1": mine.top1, "top5": mine.top5, "mean_per_class_recall": mine.mean_per_class_recall,
+               "harness": {"top1": mine.top1, "top5": mine.top5,
+                           "mean_per_class_recall": mine.mean_per_class_recall,
                            "regularisation": f"λ {mine.strength:.3g}",
                            "work": f"L-BFGS, λ sweep ({len(mine.sweep)} fits) + final fit"}}
-    common = {"model": "pixels (L2-normalised)", "images": len(yte), "classes": 10, "rounds": rounds,
+    common = {"model": set_name, "images": len(yte), "classes": classes, "rounds": rounds,
               "train_images": len(ytr), "feature_dim": xtr.shape[1]}
     return _rows("linear probe", times, results, common)
 
