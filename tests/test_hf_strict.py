@@ -422,6 +422,14 @@ def test_an_hf_revision_is_pinned_and_remote_code_is_refused(hub, saved):  # noq
     assert models.parse({"model": "hf:org/vit", "revision": "a" * 40}).id == "org/vit@" + "a" * 40
     with pytest.raises(ConfigError, match="a local folder, which has no revisions"):
         models.check({"model": f"hf:{saved['vit']}", "revision": "a" * 40})
+    # a unit that read hf:org/vit is computed again when main moves to another commit (its snapshot is unchanged)
+    from harness.infra import inputs
+
+    with inputs.recording() as read:
+        models.resolve("hf:org/vit")
+    assert not inputs.changed(read)
+    (hub / "models--org--vit" / "refs" / "main").write_text("a" * 40)
+    assert inputs.changed(read)
     remote = dict(json.loads((saved["vit"] / "config.json").read_text()), auto_map={"AutoModel": "mine.MyModel"})
     _snapshot(hub, "org/remote", "d" * 40, {"config.json": lambda p: p.write_text(json.dumps(remote))})
     with pytest.raises(ConfigError, match="needs trust_remote_code"):

@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import ImageData
+from .images import ImageData, load_local
 from .source import Source
 
 # Fashion-MNIST's class names as the README in Debian's dataset-fashion-mnist gives them (the hub's copy spaces them
@@ -231,9 +231,9 @@ def _hub_or_local(s: CatalogEntry, split: str, root: str | os.PathLike | None):
         root = Path(root)
         if check_local(s, split, root) == "parquet":
             files = [str(p) for p in local_files(s, split, root)]
-            return datasets.load_dataset("parquet", data_files={split: files}, split=split), root
+            return load_local("parquet", data_files={split: files}, split=split), root
         folder = _imagefolder_split(root, split)
-        return datasets.load_dataset("imagefolder", data_files={split: str(folder / "**")}, split=split), root
+        return load_local("imagefolder", data_files={split: str(folder / "**")}, split=split), root
     try:
         return datasets.load_dataset(s.hub_id, revision=s.revision, data_files={split: s.files[split]},
                                      split=split), None

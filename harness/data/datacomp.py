@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import catalog, texts, wds
-from .images import ImageData
+from .images import ImageData, load_local
 from .source import Source
 
 SOURCE = "mlfoundations/datacomp tasklist.yml, download_evalsets.py, eval_utils/, aggregate_scores.py"
@@ -363,7 +363,7 @@ def load_nlphuji(key: str, root: str | os.PathLike | None = None):
     if files and files[0].suffix == ".arrow":
         ds = datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
     elif files:
-        ds = datasets.load_dataset("parquet", data_files={"test": [str(f) for f in files]}, split="test")
+        ds = load_local("parquet", data_files={"test": [str(f) for f in files]}, split="test")
     else:
         try:
             ds = datasets.load_dataset(t.hub_id, revision="refs/convert/parquet",

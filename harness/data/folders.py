@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..infra import inputs
 from ..infra.suite import ConfigError
-from .images import ImageData
+from .images import ImageData, load_local
 from .source import Source
 
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
@@ -52,13 +52,11 @@ def check_imagefolder(root: str | Path, roles: list[str]) -> None:
 
 
 def load_imagefolder(root: str | Path, role: str) -> ImageData:
-    import datasets
-
     root = Path(root)
     check_imagefolder(root, [role])
     folder = _split_folder(root, role)
     # data_files named explicitly: given data_dir, datasets infers splits from the folder and file names
-    ds = datasets.load_dataset("imagefolder", data_files={"train": str(folder / "**")}, split="train")
+    ds = load_local("imagefolder", data_files={"train": str(folder / "**")}, split="train")
     names = [c.replace("_", " ") for c in ds.features["label"].names]
     with inputs.recording() as read:
         fingerprint = inputs.fingerprint(folder)

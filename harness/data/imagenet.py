@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .images import ImageData
+from .images import ImageData, load_local
 from .source import Source
 
 IMAGENET_ENV = "VITCLIP_IMAGENET_DIR"
@@ -74,7 +74,7 @@ def load(split: str, root: str | os.PathLike | None = None) -> ImageData:
         folder = split_folder(root, split)
         # data_files named explicitly: given data_dir, datasets infers splits from file names, and ImageNet's
         # validation files (ILSVRC2012_val_00000001.JPEG) would become a "validation" split of their own
-        ds = datasets.load_dataset("imagefolder", data_files={"train": str(folder / "**")}, split="train")
+        ds = load_local("imagefolder", data_files={"train": str(folder / "**")}, split="train")
         index = {w: i for i, w in enumerate(wnids())}
         names = [classnames()[index[w]] for w in ds.features["label"].names]
         from .catalog import local_fingerprint

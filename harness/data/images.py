@@ -155,6 +155,21 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
     return np.sort(np.concatenate(chosen))
 
 
+def load_local(builder: str, **kwargs):
+    """datasets.load_dataset(builder, **kwargs) for files on this disk (an image folder, parquet files), without
+    its progress bars: "Downloading data: 100% 24/24 files" names a copy of local files, not a download. A hub
+    download keeps them (it is long work)."""
+    import datasets
+
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(builder, **kwargs)
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
+
+
 def decode(image) -> Image.Image:
     """The stored image as PIL decodes it (mode untouched, pixels loaded): from a PIL image, a (H, W) / (H, W, C)
     uint8 array, datasets' {"bytes","path"}, or an image in a webdataset shard (harness.data.wds: {"shard",

@@ -62,6 +62,7 @@ import torch
 from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import DTYPES, Model, ModelSpec
+from .weights import fingerprint_hub
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,10 @@ def load(spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu", cac
     else:
         repo, revision = source(spec)
         # what a finished unit read (harness.infra.inputs): the folder, or the snapshot the cache resolves to
-        inputs.fingerprint(repo if Path(repo).is_dir() else _snapshot(repo, revision))
+        if Path(repo).is_dir():
+            inputs.fingerprint(repo)
+        else:
+            fingerprint_hub(_snapshot(repo, revision), revision)
         verbosity = tf.utils.logging.get_verbosity()
         tf.utils.logging.set_verbosity_error()  # its load report goes to strict(), which refuses or says nothing
         try:

@@ -20,7 +20,7 @@ import torch
 from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import Model, ModelSpec, closest
-from .weights import check_file
+from .weights import check_file, fingerprint_hub
 
 MODULES = ("open_clip.",)  # open_clip's nn.Modules, wrapped in memory
 
@@ -48,7 +48,7 @@ def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch
     torch.manual_seed(seed)
     kwargs = merged_kwargs(name, kwargs)
     if name.startswith(HUB):
-        inputs.fingerprint(hub_weights(name))  # refused when absent: open_clip would go on with random weights
+        fingerprint_hub(hub_weights(name))  # refused when absent: open_clip would go on with random weights
         return open_clip.create_model(name, **kwargs).eval()
     if weights == "random":
         return open_clip.create_model(name, pretrained=None, **kwargs).eval()

@@ -19,7 +19,7 @@ import torch
 from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import Model, ModelSpec, closest
-from .weights import check_file, read_weight_shapes
+from .weights import check_file, fingerprint_hub, read_weight_shapes
 
 MODULES = ("timm.",)  # timm's nn.Modules, wrapped in memory
 HUB = "hf-hub:"
@@ -45,8 +45,8 @@ def create(name: str, weights: str = "random", seed: int = 0, **kwargs) -> torch
         return timm.create_model(name, pretrained=False, **kwargs).eval()
     wanted = kwargs.pop("num_classes", None)  # another classifier: built after a strict load (module docstring)
     if weights == "pretrained":
-        if name.startswith(HUB):
-            inputs.fingerprint(hub_files(name)[1])  # what a finished unit read: this snapshot's weights
+        if name.startswith(HUB):  # what a finished unit read: this snapshot, and the ref that named it
+            fingerprint_hub(hub_files(name)[1], name.partition("@")[2] or None)
         try:
             model = timm.create_model(name, pretrained=True, **kwargs).eval()
         except RuntimeError as e:  # load_state_dict(strict=True): the tensors that are missing or left over

@@ -14,7 +14,23 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..infra import inputs
 from ..infra.suite import ConfigError
+
+
+def fingerprint_hub(path: str | Path, revision: str | None = None) -> None:
+    """What a finished unit read from the Hugging Face cache (harness.infra.inputs): the snapshot folder a file or
+    folder lies in, and the ref that named it (refs/<revision or main>), so that the unit is computed again when the
+    ref moves to another commit, not only when a snapshot's files change."""
+    path = Path(path)
+    snapshot = next((p for p in (path, *path.parents) if p.parent.name == "snapshots"), None)
+    if snapshot is None:  # not in the cache's layout (a local folder): the path itself
+        inputs.fingerprint(path)
+        return
+    inputs.fingerprint(snapshot)
+    ref = snapshot.parent.parent / "refs" / (revision or "main")
+    if ref.is_file():
+        inputs.fingerprint(ref)
 
 
 def read_weight_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:

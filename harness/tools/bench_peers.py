@@ -282,16 +282,17 @@ def _probe_one(cb, linear_probe, validation_split, device, set_name: str, featur
     classes = int(max(ytr.max(), yte.max()) + 1)
     val, fit = validation_split(len(xtr))  # linear_probe's own split, given to CLIP_benchmark as its val split
     with tempfile.TemporaryDirectory() as root:
-        def write(model_id: str, n: int) -> None:  # the files CLIP_benchmark's featurisation leaves
+        def write(model_id: str, rows) -> None:  # the files CLIP_benchmark's featurisation leaves
             folder = Path(root) / model_id
             folder.mkdir()
-            for split, x, y in (("train", xtr[fit[:n]], ytr[fit[:n]]), ("val", xtr[val], ytr[val]),
+            for split, x, y in (("train", xtr[rows], ytr[rows]), ("val", xtr[val], ytr[val]),
                                 ("test", xte, yte)):
                 torch.save(x.clone(), folder / f"features_{split}.pt")
                 torch.save(y.clone(), folder / f"targets_{split}.pt")
 
-        write("warm-up", 100)
-        write("features", len(fit))
+        # the warm-up's training rows hold every class (CLIP_benchmark sizes its head from them)
+        write("warm-up", np.concatenate([fit[(ytr[fit] == c).numpy()][:2] for c in range(classes)]))
+        write("features", fit)
 
         def peer(model_id: str = "features", epochs: int = 10):
             torch.manual_seed(0)  # its evaluate draws a permutation from the global generator

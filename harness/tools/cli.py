@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the declared suites and what each measures")
 
     run = sub.add_parser("run", help="run suites and write their tables")
-    run.add_argument("suites", nargs="*", help="suite names (default: every suite)")
+    run.add_argument("suites", nargs="*", help="suite names (default: every suite); e.g. "
+                     "python -m harness run zero_shot --model open_clip:ViT-B-32/openai --dataset cifar10")
     run.add_argument("--profile", default="default", choices=runner.PROFILES,
                      help="default: embedded data, random or self-trained weights, CPU-sized; "
                           "full: ImageNet and pretrained weights, GPU-sized")
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config field (repeatable; dotted keys, list items by index, VALUE parsed as "
                           "JSON where it parses): --set data.root=/data/imagenet --set batch_size=512; "
                           "SUITE.KEY for one suite only")
+    run.add_argument("--model", action="append", default=[], metavar="MODEL", dest="models",
+                     help="a model for the suite's `models` (repeatable; a registry name, or a JSON object): "
+                          "--model open_clip:ViT-B-32/openai --model hf:/ckpts/my-clip")
+    run.add_argument("--dataset", action="append", default=[], metavar="DATASET", dest="datasets",
+                     help="a data set for the suite's `datasets` (repeatable; a name, or a JSON object): "
+                          "--dataset cifar10 --dataset imagefolder:/data/x")
     run.add_argument("--overrides", type=Path, metavar="FILE",
                      help="a JSON file {suite: {key: value}} of overrides (python -m harness rehearsal writes one)")
     run.add_argument("--processes", default="1", metavar="N",
@@ -69,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("diff", help="two runs compared image by image: accuracy difference, paired bootstrap interval, "
                                 "McNemar's test; --fail-if-worse for a CI gate (see --help)", add_help=False)
 
+    sub.add_parser("report", help="write DIR/index.html, one static page of a results folder: verdicts first, "
+                   "then the block-by-block agreement, plots, the gate's diff, every table (run writes it too)",
+                   add_help=False)
     gpu = sub.add_parser("gpu-check", help="the one-command GPU check: agreement in bfloat16/float16 with every "
                                            "SDPA backend, the benchmarks, the training suites' default profiles "
                                            "(--device cpu: every step at a size that fits CI). Sized for 5 minutes "
@@ -116,6 +126,10 @@ def _main(argv: list[str]) -> int:
         from . import diff
 
         return diff.main(argv[1:])
+    if argv[:1] == ["report"]:
+        from . import report
+
+        return report.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "list":
         for name in runner.suite_names():
@@ -140,7 +154,8 @@ def _main(argv: list[str]) -> int:
         device = gpu
     ctx = runner.Context(device=device, seed=args.seed, dtypes=args.dtypes, cache_dir=args.cache_dir,
                          use_cache=not args.no_cache, split=args.split)
-    assignments = {**read_overrides(args.overrides), **parse_assignments(args.assignments)}
+    assignments = {**read_overrides(args.overrides), **parse_assignments(args.assignments),
+                   **listed(names, args.models, args.datasets, args.suites_dir)}
     # every suite's config resolved and checked before any work starts
     prepared = [runner.prepare(name, args.profile, ctx, assignments, args.suites_dir) for name in names]
     others = set(runner.suite_names(args.suites_dir)) - set(names)  # keys for suites not run now are left alone
@@ -171,6 +186,9 @@ def _main(argv: list[str]) -> int:
     if handoff:  # a process group started by _run_in_processes: the parent reports the failures
         Path(handoff).write_text(json.dumps([dataclasses.asdict(f) for f in ctx.failures], default=str))
         return 0
+    from .report import write_report
+
+    print(f"report: {write_report(args.out)}", file=sys.stderr)  # from the tables just written (and the folder's)
     return runner.report_failures(ctx.failures, args.allow_failures)
 
 
@@ -211,6 +229,33 @@ def _run_in_processes(names: list[str], processes: int, argv: list[str]) -> list
         if proc.returncode:
             raise SystemExit(proc.returncode)
         return [runner.Failure(**f) for f in json.loads(handoff.read_text())] if handoff.exists() else []
+
+
+def listed(names: list[str], models: list[str], datasets: list[str], suites_dir: Path) -> dict:
+    """--model / --dataset as the `models` / `datasets` assignments of the suites named (a value that parses as JSON,
+    an object, is taken as one); ConfigError for a suite whose config has no such list."""
+    out = {}
+    for key, values in (("models", models), ("datasets", datasets)):
+        if not values:
+            continue
+        for name in names:
+            config = runner.suites.config(runner.load_suite(name, suites_dir), "default")
+            if not isinstance(config.get(key), list):
+                raise ConfigError(f"--{key[:-1]}: suite {name} takes no {key} (its config has no {key!r} list); "
+                                  f"name the suites that do (zero_shot, linear_probe), or use --set")
+        out[key] = [_value(v) for v in values]
+    return out
+
+
+def _value(text: str):
+    import json
+
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"{text!r}: not a JSON object ({e})") from None
+    return text
 
 
 def read_overrides(path: Path | None) -> dict:
