@@ -80,7 +80,8 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
               # how the rows were made: trained here (the gate judges them by seed, or by image where a retraining
               # gave the same weights: harness.tools.diff)
               "training": own_training(config), "training_seed": int(spec["seed"]),
-              "weights_hash": models.weights_hash(model), "classes_hash": tasks.classes_hash(names)}
+              "weights_hash": models.weights_hash(model), "classes_hash": tasks.classes_hash(names),
+              "dtype": tasks.precision(own, opts)}
     base = {"model": spec["id"], "library": "reference"}
 
     test_idx = balanced_subset(test.labels, d["test_per_class"], seed=0)
@@ -98,7 +99,8 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
     rows.append(predictions.attach(
         {**base, "task": "linear probe", "templates": "", "images": len(fte.labels), "top1": res.top1,
          "top5": res.top5, "mean_per_class_recall": res.mean_per_class_recall, "probe_train_images": len(ftr.labels),
-         **common}, fte.indices, fte.labels, res.ranked, res.margin))
+         "strength": res.strength, "iterations": res.iterations, "converged": res.converged, **common},
+        fte.indices, fte.labels, res.ranked, res.margin))
 
     # retrieval: the first retrieval_per_class test images of each class, one held-out-template caption each
     r_idx = balanced_subset(test.labels, d["retrieval_per_class"], seed=0)
@@ -121,7 +123,8 @@ def _eval_default(config: dict, ctx: Context) -> list[dict]:
     drift = tasks.rel_diff(c.feats.features, ref.feats.features)
     rows.append(predictions.attach(
         {**base, "library": "open_clip", "task": "classification", "templates": f"held-out ({len(held_out)})",
-         "images": len(c.feats.labels), **c.metrics, **common, "classifier_max_abs_diff": gap,
+         "images": len(c.feats.labels), **c.metrics, **common, "dtype": tasks.precision(twin, opts),
+         "classifier_max_abs_diff": gap,
          "feature_max_rel_diff": drift,
          **tasks.verdict(ref.outputs, c.outputs, ref.feats.labels, max(gap, drift),
                          "classifier_max_abs_diff and feature_max_rel_diff", config.get("autocast"))},

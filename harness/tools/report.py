@@ -58,7 +58,8 @@ def verdicts(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFram
         if "passed" not in df:
             continue
         judged = df.assign(_ok=_passed(df)).dropna(subset=["_ok"])
-        for check, g in judged.groupby(judged["check"].fillna("") if "check" in judged else [""] * len(judged)):
+        keys = judged["check"].fillna("").astype(str) if "check" in judged else pd.Series("", index=judged.index)
+        for check, g in judged.groupby(keys):
             families.append({"table": name, "check": check or "(all rows)", "passed": int(g["_ok"].sum()),
                              "failed": int((~g["_ok"].astype(bool)).sum())})
             bad = g[~g["_ok"].astype(bool)]
@@ -121,7 +122,8 @@ def render(folder: Path) -> str:
     tables = _tables(folder)
     families, failing = verdicts(tables)
     out = ["<!doctype html><html lang=en><head><meta charset=utf-8><title>vitclip-harness results</title>",
-           f"<style>{STYLE}</style></head><body><h1>vitclip-harness results: {html.escape(str(folder))}</h1>"]
+           f"<style>{STYLE}</style></head><body>",
+           f"<h1>vitclip-harness results: {html.escape(folder.resolve().name)}/</h1>"]
     n_fail = int(families["failed"].sum()) if len(families) else 0
     n_pass = int(families["passed"].sum()) if len(families) else 0
     verdict = (f'<span class="fail">{n_fail} failing rows</span>' if n_fail else '<span class="pass">every judged '
