@@ -43,3 +43,13 @@ def test_model_flag_is_refused_for_a_suite_that_takes_none(tmp_path, capsys):
     assert cli.main(["run", "zero_shot", "--model", "{oops", "--out", str(tmp_path / "o")]) == 2
     assert "not a JSON object" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_model_flag_beside_a_set_of_the_same_list_is_refused(tmp_path, capsys):
+    """Which would win is a guess (a SUITE.KEY --set, an item's --set, an overrides file): refused, exit 2."""
+    for extra in (["--set", 'linear_probe.models=["timm:resnet18"]'], ["--set", 'models=["timm:resnet18"]'],
+                  ["--set", "models.0.weights=random"]):
+        args = ["run", "zero_shot", "linear_probe", "--model", "timm:vit_tiny_patch16_224", *extra,
+                "--out", str(tmp_path / "o")]
+        assert cli.main(args) == 2, extra
+        assert "both set the suite's models" in capsys.readouterr().err

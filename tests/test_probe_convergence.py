@@ -108,3 +108,16 @@ def test_several_strengths_fitted_together_equal_each_fitted_alone(problem):
         assert together.converged[k] and alone.converged[0]
         # both within ‖∇f‖/λ·(1 + ...) of the optimum; 1e-10 gradients: far below 1e-6
         assert (together.W[k] - alone.W[0]).abs().max() <= 1e-6, lam
+
+
+def test_float16_features_are_standardised_without_overflow():
+    """A float16 feature of magnitude ~450 squares past float16's range (65504): standardised in float32 it keeps
+    its information (the probe separates the classes), where float16 arithmetic made it inf and then zero."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    x = np.c_[np.where(y == 1, 450.0, -450.0) + rng.normal(0, 20, 200), rng.normal(size=(200, 3))]
+    half = x.astype(np.float16)
+    out = probe.standardise(half, half)
+    assert np.isfinite(out[0]).all() and out[0].dtype == np.float32 and np.abs(out[0][:, 0]).max() > 0.5
+    res = probe.linear_probe(half, y, half, y, num_classes=2)
+    assert res.top1 == 100.0

@@ -81,3 +81,30 @@ def test_the_page_has_no_script_and_no_address_outside_itself(folder):
     page = render(folder)
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in page
+
+
+def test_what_the_page_must_not_hide(folder, tmp_path):
+    """An unreadable table, a folder that judged nothing, a skipped row (no failure, as run counts it), the gate's
+    worse and refused rows, and an infinite error in a block: each said, none hidden, none a crash."""
+    (folder / "broken.csv").write_bytes(b"a,passed\n1,False\n\xff\xfe,x,y\n")
+    page = render(folder)
+    assert "unreadable tables" in page and "broken.csv" in page and "every judged row passes" not in page
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pd.DataFrame({"model": ["m"], "passed": [None]}).to_csv(empty / "t.csv", index=False)
+    assert "no verdicts" in render(empty)
+    skipped = pd.DataFrame({"model": ["a", "b"], "passed": [False, True], "result": ["skipped", "pass"]})
+    families, failing = verdicts({"t": skipped})
+    assert families["failed"].sum() == 0 and families["passed"].sum() == 1 and failing.empty
+    gate = pd.DataFrame({"model": ["a", "b", "c", "d"], "verdict": ["B worse", "no change", None, "not judged: x"],
+                         "refused": [None, None, "lost seed", None]})
+    (empty / "diff").mkdir()
+    gate.to_csv(empty / "diff" / "diff.csv", index=False)
+    families, failing = verdicts({"diff_diff": gate})
+    assert families["failed"].sum() == 2 and families["passed"].sum() == 1
+    assert "2 failing rows" in render(empty)
+    blocks = pd.read_csv(folder / "agreement_blocks.csv", low_memory=False)
+    blocks.loc[blocks.index[0], "rel_err"] = float("inf")
+    blocks.loc[blocks.index[1], "model"] = None
+    blocks.to_csv(folder / "agreement_blocks.csv", index=False)
+    assert "<svg" in render(folder)

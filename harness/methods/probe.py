@@ -347,8 +347,12 @@ def _top1(x, y, W, b) -> float:
 
 
 def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Each feature centred and scaled by train's mean and standard deviation, computed in at least float32 (a
+    float16 array's squared deviations overflow past 256)."""
+    kind = np.promote_types(np.asarray(train).dtype, np.float32)
+    train = np.asarray(train, dtype=kind)
     mean, std = train.mean(0), train.std(0) + 1e-6
-    return [(a - mean) / std for a in (train, *others)]
+    return [(np.asarray(a, dtype=kind) - mean) / std for a in (train, *others)]
 
 
 def bootstrap_ci(correct: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:

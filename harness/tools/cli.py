@@ -154,8 +154,8 @@ def _main(argv: list[str]) -> int:
         device = gpu
     ctx = runner.Context(device=device, seed=args.seed, dtypes=args.dtypes, cache_dir=args.cache_dir,
                          use_cache=not args.no_cache, split=args.split)
-    assignments = {**read_overrides(args.overrides), **parse_assignments(args.assignments),
-                   **listed(names, args.models, args.datasets, args.suites_dir)}
+    assignments = {**read_overrides(args.overrides), **parse_assignments(args.assignments)}
+    assignments.update(listed(names, args.models, args.datasets, args.suites_dir, assignments))
     # every suite's config resolved and checked before any work starts
     prepared = [runner.prepare(name, args.profile, ctx, assignments, args.suites_dir) for name in names]
     others = set(runner.suite_names(args.suites_dir)) - set(names)  # keys for suites not run now are left alone
@@ -231,13 +231,18 @@ def _run_in_processes(names: list[str], processes: int, argv: list[str]) -> list
         return [runner.Failure(**f) for f in json.loads(handoff.read_text())] if handoff.exists() else []
 
 
-def listed(names: list[str], models: list[str], datasets: list[str], suites_dir: Path) -> dict:
+def listed(names: list[str], models: list[str], datasets: list[str], suites_dir: Path, given: dict) -> dict:
     """--model / --dataset as the `models` / `datasets` assignments of the suites named (a value that parses as JSON,
-    an object, is taken as one); ConfigError for a suite whose config has no such list."""
+    an object, is taken as one); ConfigError for a suite whose config has no such list, or when `given` (the --set
+    and --overrides assignments) sets that list or its items too."""
     out = {}
     for key, values in (("models", models), ("datasets", datasets)):
         if not values:
             continue
+        named = [k for k in given if k == key or k.startswith(f"{key}.") or k.partition(".")[2].split(".")[0] == key]
+        if named:  # which would win is a guess: refuse the pair
+            raise ConfigError(f"--{key[:-1]} and {', '.join(named)} both set the suite's {key}: name them one way "
+                              f"(--{key[:-1]} for the list, or --set / --overrides for it and its items)")
         for name in names:
             config = runner.suites.config(runner.load_suite(name, suites_dir), "default")
             if not isinstance(config.get(key), list):

@@ -5,8 +5,9 @@
 From the top: every verdict family (a table with a `passed` column, by its `check` where it has one) with its
 pass and fail counts and the failing rows; the agreement error after every block, per dtype and backend, against
 its tolerance (inline SVG); the folder's plots (its PNGs, inline); the gate's last diff where the folder holds one
-(diff*.csv); then every table of the folder (its CSV, the provenance columns set aside), and the provenance (git
-sha, library versions, devices) the rows record.
+(diff/*.csv, its worse or refused rows counted as failures); a table that cannot be read named at the top; then
+every table of the folder (its CSV, the provenance columns set aside), and the provenance (git sha, library
+versions, devices) the rows record.
 """
 
 from __future__ import annotations
@@ -35,27 +36,43 @@ th{background:#f3f3f3;position:sticky;top:0}.fail{color:#b00020;font-weight:bold
 """
 
 
+UNREADABLE: dict[str, str] = {}  # the last render's tables that could not be read: name -> why
+
+
 def _tables(folder: Path) -> dict[str, pd.DataFrame]:
+    """Every CSV of the folder, and the gate's diff (folder/diff/*.csv) as diff_*; one that cannot be read is
+    named in UNREADABLE (the page says so at the top: its verdicts are unknown)."""
     out = {}
-    for path in sorted(folder.glob("*.csv")):
+    UNREADABLE.clear()
+    for path in [*sorted(folder.glob("*.csv")), *sorted(folder.glob("diff/*.csv"))]:
+        name = path.stem if path.parent == folder else f"diff_{path.stem}"
         try:
-            out[path.stem] = pd.read_csv(path, low_memory=False)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
-            continue
+            out[name] = pd.read_csv(path, low_memory=False)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+            UNREADABLE[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return out
 
 
 def _passed(df: pd.DataFrame) -> pd.Series:
-    """True / False per judged row (NaN: not judged)."""
-    col = df["passed"]
-    return col.map(lambda v: {True: True, False: False, "True": True, "False": False}.get(v, None))
+    """True / False per judged row (None: not judged), as the runner judges them (runner.failing_rows: a skipped
+    row is no failure); the gate's diff by its verdict (worse or refused: failed; not judged: none)."""
+    if "passed" not in df and "verdict" in df:  # harness.tools.diff's verdicts
+        refused = df["refused"].notna() if "refused" in df else pd.Series(False, index=df.index)
+        verdict = df["verdict"].fillna("").astype(str)
+        ok = verdict.map(lambda v: False if v == "B worse" else None if v.startswith("not judged") or not v else True)
+        return ok.where(~refused, False)
+    truth = {True: True, False: False, "True": True, "False": False, "true": True, "false": False}  # 1 == True
+    ok = df["passed"].map(lambda v: truth.get(v, None) if not isinstance(v, float) or v == v else None)
+    if "result" in df:
+        ok = ok.where(df["result"].astype(str).ne("skipped") | ok.eq(True), None)
+    return ok
 
 
 def verdicts(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(families: table, check, passed, failed; the failing rows with their key columns)."""
     families, failing = [], []
     for name, df in tables.items():
-        if "passed" not in df:
+        if "passed" not in df and not (name.startswith("diff") and "verdict" in df):
             continue
         judged = df.assign(_ok=_passed(df)).dropna(subset=["_ok"])
         keys = judged["check"].fillna("").astype(str) if "check" in judged else pd.Series("", index=judged.index)
@@ -81,8 +98,8 @@ def _svg_blocks(df: pd.DataFrame, model: str, width: int = 640, height: int = 26
     """log10 relative error after each block, one line per (dtype, backend), each beside its tolerance (dashed)."""
     colours = ["#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f", "#4e342e", "#ad1457"]
     stages = list(dict.fromkeys(df["stage"].astype(str)))
-    values = pd.concat([df["rel_err"], df["tolerance"]]).astype(float)
-    values = values[values > 0]
+    values = pd.to_numeric(pd.concat([df["rel_err"], df["tolerance"]]), errors="coerce")
+    values = values[(values > 0) & values.map(math.isfinite)]  # an infinite error is drawn at the top edge
     if not len(stages) or not len(values):
         return ""
     lo, hi = math.floor(math.log10(values.min())), math.ceil(math.log10(values.max()))
@@ -93,7 +110,7 @@ def _svg_blocks(df: pd.DataFrame, model: str, width: int = 640, height: int = 26
         return left + (width - left - right) * (i / max(1, len(stages) - 1))
 
     def y(v):
-        v = max(float(v), 10.0 ** lo)
+        v = min(max(float(v), 10.0 ** lo), 10.0 ** hi)
         return top + (height - top - bottom) * (hi - math.log10(v)) / (hi - lo)
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
@@ -126,10 +143,20 @@ def render(folder: Path) -> str:
            f"<h1>vitclip-harness results: {html.escape(folder.resolve().name)}/</h1>"]
     n_fail = int(families["failed"].sum()) if len(families) else 0
     n_pass = int(families["passed"].sum()) if len(families) else 0
-    verdict = (f'<span class="fail">{n_fail} failing rows</span>' if n_fail else '<span class="pass">every judged '
-               'row passes</span>')
+    if n_fail:
+        verdict = f'<span class="fail">{n_fail} failing rows</span>'
+    elif UNREADABLE:
+        verdict = f'<span class="fail">{len(UNREADABLE)} unreadable tables: their verdicts are unknown</span>'
+    elif not n_pass:
+        verdict = '<span class="fail">no verdicts</span>: no table of this folder judged a row'
+    else:
+        verdict = '<span class="pass">every judged row passes</span>'
     out.append(f'<h2 id="verdicts">Verdicts</h2><p>{verdict} ({n_pass} passing) in {len(families)} verdict '
-               'families (a table with a <code>passed</code> column, by its check).</p>')
+               'families (a table with a <code>passed</code> column, by its check; the gate\'s diff by its '
+               'verdict).</p>')
+    if UNREADABLE:
+        out.append('<h3 class="fail">Unreadable tables</h3><ul>' + "".join(
+            f"<li>{html.escape(n)}.csv: {html.escape(why)}</li>" for n, why in UNREADABLE.items()) + "</ul>")
     if len(families):
         out.append('<div class="summary">' + _table_html(families) + "</div>")
     if len(failing):
@@ -140,7 +167,9 @@ def render(folder: Path) -> str:
         if len(rows):
             out.append('<h2 id="agreement">Agreement, block by block</h2><p>Each model\'s relative error after '
                        'every block against the library, per dtype and attention backend, and its tolerance.</p>')
-            for model, g in rows.groupby(rows["model"].astype(str) if "model" in rows else "", sort=False):
+            models = rows["model"].fillna("(unnamed)").astype(str) if "model" in rows else pd.Series(
+                "", index=rows.index)
+            for model, g in rows.groupby(models, sort=False):
                 out.append(_svg_blocks(g, str(model)))
     pngs = sorted(folder.glob("*.png"))
     if pngs:
