@@ -293,7 +293,7 @@ def bench_probe(device: torch.device, quick: bool = False) -> pd.DataFrame:
                      "work": f"λ sweep ({len(grid)} fits) + final fit", "strength": res.strength, "top1": res.top1,
                      "seconds": t_ours, "final_iterations": res.iterations, "converged": res.converged,
                      "settings": "fit_many: the sweep's strengths together (7, then 4 from the best's solution), "
-                                 "≤ 200 iterations or ‖∇f‖ ≤ 1e-4·max(1, f); final fit from the sweep's solution, "
+                                 "≤ 200 iterations or ‖∇f‖ ≤ 1e-4·max(1, f); final fit from zero, "
                                  "float32 to 1e-6, float64 to ‖∇f‖ ≤ 1e-7·max(1, f)"})
 
         # scikit-learn: the same strengths on the same split, warm-started along the path (strongest first, as
