@@ -62,7 +62,7 @@ import torch
 from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import DTYPES, Model, ModelSpec
-from .weights import fingerprint_hub
+from .weights import fingerprint_hub, hub_file
 
 
 @dataclass(frozen=True)
@@ -148,12 +148,10 @@ def _repo_json(spec: ModelSpec, filename: str) -> dict | None:
     if Path(repo).is_dir():
         path = Path(repo) / filename
     else:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            path = Path(hf_hub_download(repo, filename, revision=revision))
-        except Exception:  # not cached offline, not in the repo, no such repo or revision
+        found = hub_file(repo, (filename,), revision)
+        if found is None:
             return None
+        path = Path(found)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

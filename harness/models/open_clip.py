@@ -20,7 +20,7 @@ import torch
 from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import Model, ModelSpec, closest
-from .weights import check_file, fingerprint_hub
+from .weights import check_file, fingerprint_hub, hub_file
 
 MODULES = ("open_clip.",)  # open_clip's nn.Modules, wrapped in memory
 
@@ -86,24 +86,18 @@ def transform(model: torch.nn.Module):
 def hub_weights(name: str) -> str:
     """The weights file of an hf-hub repo in open_clip's layout, from the cache (the hub when online), after its
     open_clip_config.json; ConfigError naming what is missing."""
-    from huggingface_hub import hf_hub_download
-
     repo = name.removeprefix(HUB)
     if "@" in repo:
         raise ConfigError(f"open_clip model {name!r}: open_clip's hf-hub names take no revision (it loads the repo's "
                           "main); for a pinned revision, name the weights file of that snapshot as the weights of "
                           "open_clip:ARCH")
     fix = "fill the cache once online (HF_HUB_OFFLINE=0), or copy ~/.cache/huggingface"
-    try:
-        hf_hub_download(repo, "open_clip_config.json")
-    except Exception as e:
+    if hub_file(repo, ("open_clip_config.json",)) is None:
         raise ConfigError(f"open_clip model {name!r}: open_clip_config.json of {repo} is not in the Hugging Face "
-                          f"cache ({type(e).__name__}); {fix}") from None
-    for filename in HUB_WEIGHTS:
-        try:
-            return hf_hub_download(repo, filename)
-        except Exception:
-            continue
+                          f"cache; {fix}")
+    weights = hub_file(repo, HUB_WEIGHTS)
+    if weights is not None:
+        return weights
     raise ConfigError(f"open_clip model {name!r}: neither {' nor '.join(HUB_WEIGHTS)} of {repo} is in the Hugging "
                       f"Face cache (open_clip would build the model with random weights); {fix}")
 

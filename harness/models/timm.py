@@ -19,7 +19,7 @@ import torch
 from ..infra import inputs
 from ..infra.suite import ConfigError
 from . import Model, ModelSpec, closest
-from .weights import check_file, fingerprint_hub, read_weight_shapes
+from .weights import check_file, fingerprint_hub, hub_file, read_weight_shapes
 
 MODULES = ("timm.",)  # timm's nn.Modules, wrapped in memory
 HUB = "hf-hub:"
@@ -90,21 +90,15 @@ def _reset(model: torch.nn.Module, num_classes: int | None) -> torch.nn.Module:
 def hub_files(name: str) -> tuple[str, str]:
     """(config.json, weights file) of a timm hub repo, from the cache (the hub when online); ConfigError naming
     what is missing."""
-    from huggingface_hub import hf_hub_download
-
     repo, _, revision = name.removeprefix(HUB).partition("@")
     found = []
     for options in (("config.json",), ("model.safetensors", "pytorch_model.bin")):
-        for filename in options:
-            try:
-                found.append(hf_hub_download(repo, filename, revision=revision or None))
-                break
-            except Exception:
-                continue
-        else:
+        path = hub_file(repo, options, revision or None)
+        if path is None:
             raise ConfigError(f"timm model {name!r}: {' or '.join(options)} of {repo} is not in the Hugging Face "
                               "cache" + (f" at revision {revision!r}" if revision else "") + "; fill it once online "
                               "(HF_HUB_OFFLINE=0), or copy ~/.cache/huggingface")
+        found.append(path)
     return found[0], found[1]
 
 

@@ -18,6 +18,19 @@ from ..infra import inputs
 from ..infra.suite import ConfigError
 
 
+def hub_file(repo: str, filenames: tuple[str, ...], revision: str | None = None) -> str | None:
+    """The first of `filenames` a hub repo has in the Hugging Face cache (the hub when online), at `revision`, or
+    None when none is there."""
+    from huggingface_hub import hf_hub_download
+
+    for filename in filenames:
+        try:
+            return hf_hub_download(repo, filename, revision=revision)
+        except Exception:  # not cached offline, not in the repo, no such repo or revision
+            continue
+    return None
+
+
 def fingerprint_hub(path: str | Path, revision: str | None = None) -> None:
     """What a finished unit read from the Hugging Face cache (harness.infra.inputs): the snapshot folder a file or
     folder lies in, and the ref that named it (refs/<revision or main>), so that the unit is computed again when the
